@@ -1,0 +1,35 @@
+# One environment (.venv) for demo, tests, lint and benchmarks.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch is pinned exactly: a CPU build of this version is what the machines provide.
+TORCH := torch==2.13.0
+
+.PHONY: install demo test lint bench bench-quality clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml Makefile
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[train,dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/morphnet analyze sample_models/resnet_fashion_trained.onnx
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check src tests bench sample_models
+	$(BIN)/ruff format --check src tests bench sample_models
+
+bench: install
+	$(BIN)/python bench/bench_analyze.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info
