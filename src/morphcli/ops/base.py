@@ -1,0 +1,98 @@
+"""The fixed interface every op rule implements, and the data it hands the engines.
+
+An op rule is the one place that knows an op type: how it treats channels (``connect``),
+what it costs (``flops``), how it runs in torch (``torch_op``) and how surgery rewrites its
+attributes (``rewrite``). The engines in ``channels``, ``cost``, ``surgery`` and ``wrapper``
+only call these methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+if TYPE_CHECKING:
+    from morphcli.channels import ChannelBuilder
+    from morphcli.surgery import RewriteContext
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class FlopTerm:
+    """``coef * size(t1, axis1) * size(t2, axis2) ...`` FLOPs over tensor axes.
+
+    Where an axis is a tensor's channel axis, the size varies with the alive channels of its
+    groups; elsewhere it is the fixed dim. With no dims the term is a fixed count.
+    """
+
+    coef: float
+    dims: tuple[tuple[str, int], ...] = ()
+    # A depthwise conv's input axis, tied to its output channels: it costs nothing extra,
+    # but the MorphNet penalty counts both sides (C * (sum p_in + sum p_out)).
+    tied_input: tuple[str, int] | None = None
+
+    def __str__(self) -> str:
+        return " * ".join([f"{self.coef:g}", *(f"{t}[{a}]" for t, a in self.dims)])
+
+
+class OpRule:
+    """Behaviour of one family of op types. Subclasses set ``op_types`` and override methods.
+
+    ``connect`` is required; the others default to "costs nothing", "no torch
+    implementation" and "no attribute to rewrite".
+    """
+
+    op_types: ClassVar[tuple[str, ...]] = ()
+
+    def connect(self, node: gs.Node, ctx: ChannelBuilder) -> None:
+        """Declare how the node's outputs' channels relate to its inputs' (see ChannelBuilder)."""
+        raise NotImplementedError
+
+    def flops(self, node: gs.Node, shape: Callable[[str], Shape]) -> list[FlopTerm]:
+        """FLOPs (2 * multiply-accumulates, batch 1) as terms over channel counts."""
+        return []
+
+    def torch_op(self, node: gs.Node) -> Callable[..., Any]:
+        """A callable running the node in torch: ``fn(*inputs) -> tuple of outputs``."""
+        raise NotImplementedError(f"no torch implementation for {node.op}")
+
+    def rewrite(self, node: gs.Node, ctx: RewriteContext) -> None:
+        """Rewrite attributes and shape-like inputs after the channels changed."""
+
+
+def attr(node: gs.Node, name: str, default: Any = None) -> Any:
+    """The node's attribute ``name``, or ``default`` when it is absent."""
+    return node.attrs.get(name, default)
+
+
+def const_value(tensor: gs.Tensor | None) -> np.ndarray | None:
+    """The value of a constant input, or None for a computed (or missing) one."""
+    if isinstance(tensor, gs.Constant):
+        return np.asarray(tensor.values)
+    return None
+
+
+def input_at(node: gs.Node, index: int) -> gs.Tensor | None:
+    """The node's input ``index``, or None when it is absent or the empty optional input."""
+    if index < len(node.inputs) and node.inputs[index].name:
+        return node.inputs[index]
+    return None
+
+
+def aligned_axis(tensor_rank: int, operand_rank: int, axis: int) -> int | None:
+    """The operand axis that numpy broadcasting aligns with ``axis`` of the full-rank tensor."""
+    operand_axis = axis - (tensor_rank - operand_rank)
+    return operand_axis if operand_axis >= 0 else None
+
+
+def normalize_axis(axis: int, rank: int) -> int:
+    return axis + rank if axis < 0 else axis
+
+
+def ints(values: Sequence[Any] | np.ndarray) -> list[int]:
+    return [int(v) for v in np.asarray(values).reshape(-1)]

@@ -1,0 +1,134 @@
+"""Concat, Split, Slice and Gather: channel segments.
+
+On the channel axis, a Concat's output slots are its inputs' slots in order, and a Split
+output or a Slice is a segment of its input's slots. On any other axis they pass channels
+through (a Concat's inputs then share their channels).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from morphcli.ops.base import OpRule, attr, input_at, ints, normalize_axis
+
+
+class ConcatRule(OpRule):
+    op_types = ("Concat",)
+
+    def connect(self, node: gs.Node, ctx) -> None:
+        out = node.outputs[0]
+        mapped = [t for t in node.inputs if ctx.channels(t) is not None]
+        if not mapped or not ctx.model.is_float(out.name):
+            return
+        rank = len(ctx.shape(out.name))
+        axis = normalize_axis(int(attr(node, "axis")), rank)
+        channel_axis = ctx.axis(mapped[0].name)
+        if any(ctx.axis(t.name) != channel_axis for t in mapped):
+            for tensor in mapped:
+                ctx.pin(tensor, "Concat of tensors with channels on different axes")
+            return
+        if axis != channel_axis:
+            ctx.join(mapped)
+            ctx.alias(out, mapped[0])
+            return
+        segments = []
+        for tensor in node.inputs:
+            slots = ctx.channels(tensor)
+            if slots is None:
+                slots = ctx.pinned_slots(ctx.shape(tensor.name)[axis], "Concat of a constant")
+            segments.append(slots)
+        ctx.define(out, np.concatenate(segments), axis=axis)
+
+
+class SplitRule(OpRule):
+    op_types = ("Split",)
+
+    def connect(self, node: gs.Node, ctx) -> None:
+        x = node.inputs[0]
+        slots = ctx.channels(x)
+        if slots is None:
+            return
+        axis = normalize_axis(int(attr(node, "axis", 0)), len(ctx.shape(x.name)))
+        if axis != ctx.axis(x.name):
+            for out in node.outputs:
+                ctx.alias(out, x)
+            return
+        start = 0
+        for out in node.outputs:
+            size = ctx.shape(out.name)[axis]
+            ctx.define(out, slots[start : start + size], axis=axis)
+            start += size
+
+
+class SliceRule(OpRule):
+    """Opset >= 10 takes starts/ends/axes/steps as inputs, older opsets as attributes."""
+
+    op_types = ("Slice",)
+
+    def connect(self, node: gs.Node, ctx) -> None:
+        x, out = node.inputs[0], node.outputs[0]
+        slots = ctx.channels(x)
+        if slots is None:
+            return
+        rank = len(ctx.shape(x.name))
+        params = slice_params(node, ctx.const)
+        if params is None:
+            if ctx.shape(out.name)[ctx.axis(x.name)] == len(slots):
+                ctx.alias(out, x)
+            else:
+                ctx.pin(x, "Slice with computed bounds on the channel axis")
+            return
+        starts, ends, axes, steps = params
+        axes = [normalize_axis(a, rank) for a in axes]
+        channel_axis = ctx.axis(x.name)
+        if channel_axis not in axes:
+            ctx.alias(out, x)
+            return
+        i = axes.index(channel_axis)
+        ctx.define(out, slots[slice(starts[i], ends[i], steps[i])], axis=channel_axis)
+
+
+def slice_params(node: gs.Node, const) -> tuple[list[int], list[int], list[int], list[int]] | None:
+    """(starts, ends, axes, steps) of a Slice, or None when any of them is computed."""
+    if "starts" in node.attrs:
+        starts, ends = ints(node.attrs["starts"]), ints(node.attrs["ends"])
+        axes = ints(node.attrs.get("axes", range(len(starts))))
+        return starts, ends, axes, [1] * len(starts)
+    values = []
+    for index in (1, 2, 3, 4):
+        tensor = input_at(node, index)
+        value = None if tensor is None else const(tensor)
+        if tensor is not None and value is None:
+            return None
+        values.append(value)
+    starts, ends = ints(values[0]), ints(values[1])
+    axes = ints(values[2]) if values[2] is not None else list(range(len(starts)))
+    steps = ints(values[3]) if values[3] is not None else [1] * len(starts)
+    return starts, ends, axes, steps
+
+
+class GatherRule(OpRule):
+    """Gather of constant 1-D indices on the channel axis picks slots; on a later axis it
+    passes channels through; anything else pins."""
+
+    op_types = ("Gather",)
+
+    def connect(self, node: gs.Node, ctx) -> None:
+        x, indices, out = node.inputs[0], node.inputs[1], node.outputs[0]
+        slots = ctx.channels(x)
+        if slots is None:
+            return
+        rank = len(ctx.shape(x.name))
+        axis = normalize_axis(int(attr(node, "axis", 0)), rank)
+        channel_axis = ctx.axis(x.name)
+        picked = ctx.const(indices)
+        if axis > channel_axis:
+            ctx.alias(out, x)
+        elif axis == channel_axis and picked is not None and picked.ndim == 1:
+            ctx.define(out, slots[picked.astype(np.int64)], axis=channel_axis)
+        else:
+            ctx.pin(x, "Gather across the channel axis")
+
+
+RULES = [ConcatRule(), SplitRule(), SliceRule(), GatherRule()]

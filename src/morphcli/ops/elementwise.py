@@ -1,0 +1,58 @@
+"""Joins: elementwise ops over several inputs with broadcasting (Add, Mul, Sum, PRelu...).
+
+Every full-width input shares its channels with the output (a residual Add, an SE gate
+Mul); inputs of size 1 on the channel axis broadcast and are skipped; a constant operand as
+wide as the channels is a per-channel parameter that follows them.
+"""
+
+from __future__ import annotations
+
+import onnx_graphsurgeon as gs
+
+from morphcli.ops.base import OpRule, aligned_axis
+
+
+class JoinRule(OpRule):
+    op_types = (
+        "Add", "Sub", "Mul", "Div", "Sum", "Max", "Min", "Mean", "Pow", "PRelu", "Where",
+    )  # fmt: skip
+
+    def connect(self, node: gs.Node, ctx) -> None:
+        out = node.outputs[0]
+        out_shape = ctx.shape(out.name)
+        if out_shape is None or len(out_shape) < 2 or not ctx.model.is_float(out.name):
+            return
+        mapped = [t for t in node.inputs if ctx.channels(t) is not None]
+        if not mapped:
+            return
+        rank = len(out_shape)
+        reference = next((t for t in mapped if len(ctx.shape(t.name)) == rank), mapped[0])
+        axis = ctx.axis(reference.name) + rank - len(ctx.shape(reference.name))
+        width = out_shape[axis]
+        joined, mismatched = [], []
+        for tensor in mapped:
+            shape = ctx.shape(tensor.name)
+            own_axis = aligned_axis(rank, len(shape), axis)
+            if own_axis is not None and shape[own_axis] == 1:
+                continue
+            if own_axis == ctx.axis(tensor.name) and len(ctx.channels(tensor)) == width:
+                joined.append(tensor)
+            else:
+                mismatched.append(tensor)
+        if mismatched or not joined:
+            for tensor in mapped:
+                ctx.pin(tensor, f"{node.op} broadcasts channels along different axes")
+            ctx.pin(out, f"{node.op} broadcasts channels along different axes")
+            return
+        ctx.join(joined)
+        ctx.alias(out, joined[0], axis=axis)
+        for index, tensor in enumerate(node.inputs):
+            value = ctx.const(tensor)
+            if value is None or width == 1:
+                continue
+            own_axis = aligned_axis(rank, value.ndim, axis)
+            if own_axis is not None and value.shape[own_axis] == width:
+                ctx.follow(index, own_axis, out, reduces=False)
+
+
+RULES = [JoinRule()]

@@ -1,0 +1,70 @@
+"""Gemm and MatMul: fully connected producers over the last axis of a [*, K] input."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from math import prod
+
+import onnx_graphsurgeon as gs
+
+from morphcli.ops.base import FlopTerm, OpRule, Shape, attr, input_at
+
+
+def _follow_bias(node: gs.Node, ctx, index: int, out: gs.Tensor, out_channels: int) -> None:
+    """A bias broadcast along the output features follows them; a scalar bias stays."""
+    bias = input_at(node, index)
+    if isinstance(bias, gs.Constant) and bias.shape and int(bias.shape[-1]) == out_channels > 1:
+        ctx.follow(index, len(bias.shape) - 1, out, reduces=False)
+
+
+def _features_last(ctx, x: gs.Tensor) -> bool:
+    """The input's channel slots run along its last axis (true for any [N, K] tensor)."""
+    return ctx.channels(x) is not None and ctx.axis(x.name) == len(ctx.shape(x.name)) - 1
+
+
+class GemmRule(OpRule):
+    op_types = ("Gemm",)
+
+    def connect(self, node: gs.Node, ctx) -> None:
+        a, b, out = node.inputs[0], node.inputs[1], node.outputs[0]
+        trans_a, trans_b = int(attr(node, "transA", 0)), int(attr(node, "transB", 0))
+        if not isinstance(b, gs.Constant) or trans_a or not _features_last(ctx, a):
+            ctx.pin(a, "Gemm with a computed or transposed operand")
+            ctx.pin(out, "Gemm with a computed or transposed operand")
+            return
+        out_channels = int(b.shape[0] if trans_b else b.shape[1])
+        ctx.produce(out, out_channels)
+        ctx.follow(1, 1 if trans_b else 0, a, reduces=True)
+        ctx.follow(1, 0 if trans_b else 1, out, reduces=False)
+        _follow_bias(node, ctx, 2, out, out_channels)
+
+    def flops(self, node: gs.Node, shape: Callable[[str], Shape]) -> list[FlopTerm]:
+        a, out = node.inputs[0].name, node.outputs[0].name
+        rows = shape(out)[0]
+        return [FlopTerm(2.0 * rows, ((a, 1), (out, 1)))]
+
+
+class MatMulRule(OpRule):
+    op_types = ("MatMul",)
+
+    def connect(self, node: gs.Node, ctx) -> None:
+        a, b, out = node.inputs[0], node.inputs[1], node.outputs[0]
+        b_shape = ctx.shape(b.name)
+        if not isinstance(b, gs.Constant) or len(b_shape) != 2 or not _features_last(ctx, a):
+            ctx.pin(a, "MatMul with a computed operand or channels off the last axis")
+            ctx.pin(out, "MatMul with a computed operand or channels off the last axis")
+            return
+        ctx.produce(out, int(b_shape[1]), axis=len(ctx.shape(out.name)) - 1)
+        ctx.follow(1, 0, a, reduces=True)
+        ctx.follow(1, 1, out, reduces=False)
+
+    def flops(self, node: gs.Node, shape: Callable[[str], Shape]) -> list[FlopTerm]:
+        a, b, out = node.inputs[0].name, node.inputs[1].name, node.outputs[0].name
+        a_shape, b_shape = shape(a), shape(b)
+        if len(b_shape) == 2:
+            last = len(a_shape) - 1
+            return [FlopTerm(2.0 * prod(a_shape[:-1]), ((a, last), (out, last)))]
+        return [FlopTerm(2.0 * prod(shape(out)) * a_shape[-1])]
+
+
+RULES = [GemmRule(), MatMulRule()]
