@@ -339,7 +339,9 @@ def _shapes_by_running(
         outputs = run_model(proto, feeds)
     except Exception as error:
         message = str(error).strip().splitlines()[0]
-        raise MorphError(f"onnxruntime cannot run the model to find shapes: {message}", file=path)
+        raise MorphError(
+            f"onnxruntime cannot run the model to find shapes: {message}", file=path
+        ) from None
     shapes = {n: tuple(int(d) for d in np.shape(v)) for n, v in outputs.items()}
     dtypes = {n: np.asarray(v).dtype for n, v in outputs.items()}
     return shapes, dtypes
