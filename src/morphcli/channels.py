@@ -33,12 +33,18 @@ class Pin:
         return f"{self.node} ({self.op}): {self.reason}"
 
 
+# What a constant's axis that follows a tensor's channels is to its op.
+IN, FILTER, SCALE, PARAM = "in", "filter", "scale", "param"
+
+
 @dataclass(frozen=True)
 class Follow:
     """Axis ``axis`` of constant input ``input_index`` of ``node`` follows ``tensor``'s channels.
 
-    ``reduces`` marks a linear consumer's input axis (summed over): widening divides the
-    replicated entries by their copy count there, and copies them elsewhere.
+    ``role`` says what the axis is: ``in``, a linear consumer's input axis (summed over, so
+    widening divides replicated entries by their copy count); ``filter``, a producer's output
+    filters (the group-lasso penalty source); ``scale``, a normalisation's per-channel scale
+    (the gamma penalty source); ``param``, any other per-channel parameter (bias, shift).
     """
 
     node: str
@@ -46,13 +52,14 @@ class Follow:
     const: str
     axis: int
     tensor: str
-    reduces: bool
+    role: str
+
+    @property
+    def reduces(self) -> bool:
+        return self.role == IN
 
     def __str__(self) -> str:
-        role = "in" if self.reduces else "out"
-        return (
-            f"{self.const}[axis {self.axis}] follows {self.tensor} ({role} channels of {self.node})"
-        )
+        return f"{self.const}[axis {self.axis}] follows {self.tensor} ({self.role} of {self.node})"
 
 
 @dataclass
@@ -199,11 +206,12 @@ class ChannelBuilder:
             for a, b in zip(maps[0].tolist(), other.tolist(), strict=True):
                 self._union(a, b)
 
-    def follow(self, input_index: int, axis: int, tensor: gs.Tensor, reduces: bool) -> None:
-        assert self.node is not None
+    def follow(self, input_index: int, axis: int, tensor: gs.Tensor, role: str) -> None:
+        """Axis ``axis`` of the current node's constant input follows ``tensor``'s channels."""
+        assert self.node is not None and role in (IN, FILTER, SCALE, PARAM)
         const = self.node.inputs[input_index]
         self.follows.append(
-            Follow(self.node.name, input_index, const.name, axis, tensor.name, reduces)
+            Follow(self.node.name, input_index, const.name, axis, tensor.name, role)
         )
 
     def pin(self, tensor: gs.Tensor, reason: str) -> None:

@@ -42,16 +42,16 @@ class ConvRule(OpRule):
         group = int(attr(node, "group", 1))
         if group == 1:
             ctx.produce(out, out_channels)
-            ctx.follow(1, 1, x, reduces=True)
+            ctx.follow(1, 1, x, "in")
         elif is_depthwise(node, in_channels, out_channels):
             ctx.define(out, np.repeat(in_slots, out_channels // in_channels))
         else:
             ctx.produce(out, out_channels)
             ctx.pin(x, f"grouped conv (group={group}) mixes channels within groups")
             ctx.pin(out, f"grouped conv (group={group}) mixes channels within groups")
-        ctx.follow(1, 0, out, reduces=False)
+        ctx.follow(1, 0, out, "filter")
         if bias is not None:
-            ctx.follow(2, 0, out, reduces=False)
+            ctx.follow(2, 0, out, "param")
 
     def flops(self, node: gs.Node, shape: Callable[[str], Shape]) -> list[FlopTerm]:
         x, out = node.inputs[0].name, node.outputs[0].name
@@ -77,13 +77,13 @@ class ConvTransposeRule(OpRule):
             return
         ctx.produce(out, int(weight.shape[1]) * group)
         if group == 1:
-            ctx.follow(1, 0, x, reduces=True)
-            ctx.follow(1, 1, out, reduces=False)
+            ctx.follow(1, 0, x, "in")
+            ctx.follow(1, 1, out, "filter")
         else:
             ctx.pin(x, f"grouped transposed conv (group={group})")
             ctx.pin(out, f"grouped transposed conv (group={group})")
         if bias is not None:
-            ctx.follow(2, 0, out, reduces=False)
+            ctx.follow(2, 0, out, "param")
 
     def flops(self, node: gs.Node, shape: Callable[[str], Shape]) -> list[FlopTerm]:
         x, out = node.inputs[0].name, node.outputs[0].name

@@ -52,7 +52,7 @@ class JoinRule(OpRule):
                 continue
             own_axis = aligned_axis(rank, value.ndim, axis)
             if own_axis is not None and value.shape[own_axis] == width:
-                ctx.follow(index, own_axis, out, reduces=False)
+                ctx.follow(index, own_axis, out, "param")
 
 
 RULES = [JoinRule()]

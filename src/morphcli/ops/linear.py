@@ -14,7 +14,7 @@ def _follow_bias(node: gs.Node, ctx, index: int, out: gs.Tensor, out_channels: i
     """A bias broadcast along the output features follows them; a scalar bias stays."""
     bias = input_at(node, index)
     if isinstance(bias, gs.Constant) and bias.shape and int(bias.shape[-1]) == out_channels > 1:
-        ctx.follow(index, len(bias.shape) - 1, out, reduces=False)
+        ctx.follow(index, len(bias.shape) - 1, out, "param")
 
 
 def _features_last(ctx, x: gs.Tensor) -> bool:
@@ -34,8 +34,8 @@ class GemmRule(OpRule):
             return
         out_channels = int(b.shape[0] if trans_b else b.shape[1])
         ctx.produce(out, out_channels)
-        ctx.follow(1, 1 if trans_b else 0, a, reduces=True)
-        ctx.follow(1, 0 if trans_b else 1, out, reduces=False)
+        ctx.follow(1, 1 if trans_b else 0, a, "in")
+        ctx.follow(1, 0 if trans_b else 1, out, "filter")
         _follow_bias(node, ctx, 2, out, out_channels)
 
     def flops(self, node: gs.Node, shape: Callable[[str], Shape]) -> list[FlopTerm]:
@@ -56,7 +56,7 @@ class MatMulRule(OpRule):
             return
         ctx.produce(out, int(b_shape[1]), axis=len(ctx.shape(out.name)) - 1)
         ctx.follow(1, 0, a, reduces=True)
-        ctx.follow(1, 1, out, reduces=False)
+        ctx.follow(1, 1, out, "filter")
 
     def flops(self, node: gs.Node, shape: Callable[[str], Shape]) -> list[FlopTerm]:
         a, b, out = node.inputs[0].name, node.inputs[1].name, node.outputs[0].name

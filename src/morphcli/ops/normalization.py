@@ -19,7 +19,7 @@ class BatchNormRule(OpRule):
         ctx.alias(out, x)
         for index in range(1, len(node.inputs)):
             if isinstance(input_at(node, index), gs.Constant):
-                ctx.follow(index, 0, out, reduces=False)
+                ctx.follow(index, 0, out, "scale" if index == 1 else "param")
 
 
 class LrnRule(OpRule):
