@@ -55,7 +55,7 @@ class MatMulRule(OpRule):
             ctx.pin(out, "MatMul with a computed operand or channels off the last axis")
             return
         ctx.produce(out, int(b_shape[1]), axis=len(ctx.shape(out.name)) - 1)
-        ctx.follow(1, 0, a, reduces=True)
+        ctx.follow(1, 0, a, "in")
         ctx.follow(1, 1, out, "filter")
 
     def flops(self, node: gs.Node, shape: Callable[[str], Shape]) -> list[FlopTerm]:
