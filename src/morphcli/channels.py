@@ -168,8 +168,11 @@ class ChannelBuilder:
         slots = self._new_slots(shape[1])
         self._tensors[tensor.name] = TensorChannels(1, slots)
         producer = tensor.inputs[0] if tensor.inputs else None
-        why = f"output of {producer.op} has no channel rule" if producer else "not traced"
-        self._pin_slots(slots, producer.op if producer else "?", tensor.name, why)
+        if producer is None:
+            self._pin_slots(slots, "?", tensor.name, "channels of unknown origin")
+        else:
+            why = "its channel rule does not carry channels to this output"
+            self._pin_slots(slots, producer.op, producer.name, why)
         return slots
 
     def pinned_slots(self, count: int, reason: str) -> np.ndarray:

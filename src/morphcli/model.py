@@ -157,6 +157,7 @@ def model_from_proto(
     graph = gs.import_onnx(proto)
     fixed = _fix_input_shapes(graph, input_shapes or {}, path)
     _constants_to_initializers(graph)
+    _name_nodes(graph)
     graph.toposort()
     shapes, dtypes = _infer_shapes(graph, fixed, info, path)
     return Model(path, graph, shapes, dtypes, fixed, info)
@@ -234,6 +235,19 @@ def _constants_to_initializers(graph: gs.Graph) -> None:
     graph.cleanup()
     graph.fold_constants(fold_shapes=False, error_ok=True)
     graph.cleanup()
+
+
+def _name_nodes(graph: gs.Graph) -> None:
+    """Give unnamed or duplicate-named nodes unique names, so reports and errors can cite them."""
+    seen: set[str] = set()
+    for index, node in enumerate(graph.nodes):
+        if not node.name or node.name in seen:
+            base = node.name or f"{node.op}_{index}"
+            name, suffix = base, 1
+            while name in seen:
+                name, suffix = f"{base}_{suffix}", suffix + 1
+            node.name = name
+        seen.add(node.name)
 
 
 def _constant_node_value(node: gs.Node) -> np.ndarray | None:
