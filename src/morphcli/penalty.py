@@ -1,0 +1,250 @@
+"""The MorphNet penalty: a resource-weighted sparsity penalty over the channel groups.
+
+For a cost term ``C * alive(A) * alive(B)`` (an op with input group A and output group B):
+
+    penalty = C * (alive(A) * sum(p_B) + alive(B) * sum(p_A))
+
+and for a depthwise conv (a FLOPs term tied to its input), ``C * (sum(p_A) + sum(p_B))``.
+``p`` is a group's per-channel penalty vector, ``alive`` counts its channels with ``p`` over
+the threshold and is a constant (no gradient). With more factors the same rule holds: each
+factor's ``sum(p)`` times the product of the others' alive counts. Summed over terms this is
+
+    penalty = sum_g W_g * sum(p_g),  W = d cost / d alive (at the current alive counts)
+
+plus ``C`` per tied channel, which is how it is computed. A factor's ``sum(p)`` is
+``sum(count * sum(p_g))`` over its groups, where a class repeated in a tensor (a depthwise
+multiplier, a flatten into features) counts that many times.
+
+A group's ``p`` comes from its members (sources): ``|gamma|`` of a normalisation scale that
+follows it ("gamma" mode), or the L2 norm of each channel's producing filter slices ("group
+lasso" mode, e.g. for models exported with BN folded into the convs). Where several members
+share a group (a residual join) a channel's ``p`` is the max over members and it is alive if
+any member is: ``|gamma| > 1e-2``, or a filter norm over 1e-2 times that member's largest.
+In "auto" mode a producer whose output goes straight into a normalisation is represented by
+the normalisation's gamma, any other producer by its filter norms. Pinned groups and groups
+without a source keep their full width as alive count and contribute ``p = 0``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from morphcli.channels import FILTER, SCALE, ChannelGraph, Follow
+from morphcli.cost import CostModel, build_cost_model
+
+GAMMA_THRESHOLD = 1e-2
+LASSO_RELATIVE_THRESHOLD = 1e-2
+MODES = ("auto", "gamma", "group_lasso")
+RESOURCES = ("flops", "params")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One member's per-channel penalty vector for a group, read off a constant's axis.
+
+    ``positions[i]`` are the indices along ``axis`` of ``const`` that carry class ``i`` of the
+    group (several when the tensor repeats the class). ``kind`` is "gamma" (``p`` = the largest
+    ``|value|`` of the class) or "group_lasso" (``p`` = the L2 norm of all of the class's
+    entries, i.e. of its filter slices).
+    """
+
+    const: str
+    axis: int
+    positions: np.ndarray
+    kind: str
+
+    def vector(self, value: torch.Tensor) -> torch.Tensor:
+        rows = value.movedim(self.axis, 0).reshape(value.shape[self.axis], -1)
+        index = torch.as_tensor(self.positions.reshape(-1), device=value.device)
+        picked = rows[index].reshape(len(self.positions), -1)
+        if self.kind == "gamma":
+            return picked.abs().amax(dim=1)
+        return torch.linalg.vector_norm(picked, dim=1)
+
+    def alive(self, p: np.ndarray) -> np.ndarray:
+        if self.kind == "gamma":
+            return p > GAMMA_THRESHOLD
+        return p > LASSO_RELATIVE_THRESHOLD * p.max(initial=0.0)
+
+    def __str__(self) -> str:
+        return f"{self.kind} of {self.const}[axis {self.axis}]"
+
+
+def _positions(cg: ChannelGraph, tensor: str, group: int) -> np.ndarray:
+    """[width, repeats]: where each class of ``group`` sits in ``tensor``'s channels."""
+    classes = cg.classes(tensor)
+    order = np.argsort(classes, kind="stable")
+    sorted_classes = classes[order]
+    wanted = cg.groups[group].classes
+    starts = np.searchsorted(sorted_classes, wanted, side="left")
+    ends = np.searchsorted(sorted_classes, wanted, side="right")
+    repeats = int(ends[0] - starts[0])
+    return np.stack([order[s : s + repeats] for s in starts])
+
+
+def _chosen_follows(cg: ChannelGraph, mode: str) -> list[tuple[Follow, str]]:
+    """The follows that are penalty sources in ``mode``, each with its kind."""
+    scales = [f for f in cg.follows if f.role == SCALE]
+    filters = [f for f in cg.follows if f.role == FILTER]
+    if mode == "gamma":
+        return [(f, "gamma") for f in scales]
+    if mode == "group_lasso":
+        return [(f, "group_lasso") for f in filters]
+    # A producer counts as followed by a normalisation when all of its output slots (not
+    # just its classes: a residual join shares classes between members) reach a scale.
+    normalised = set()
+    for f in scales:
+        normalised.update(cg.tensors[f.tensor].slots.tolist())
+    chosen = [(f, "gamma") for f in scales]
+    for f in filters:
+        if not set(cg.tensors[f.tensor].slots.tolist()) <= normalised:
+            chosen.append((f, "group_lasso"))
+    return chosen
+
+
+def penalty_sources(cg: ChannelGraph, mode: str = "auto") -> list[list[Source]]:
+    """For each group, its penalty sources (none for pinned groups and groups without one)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown penalty mode {mode!r}: expected one of {', '.join(MODES)}")
+    sources: list[list[Source]] = [[] for _ in cg.groups]
+    seen: set[tuple[str, int, int]] = set()
+    for follow, kind in _chosen_follows(cg, mode):
+        for group in cg.tensor_groups(follow.tensor):
+            key = (follow.const, follow.axis, group)
+            if key in seen or not cg.groups[group].prunable:
+                continue
+            seen.add(key)
+            positions = _positions(cg, follow.tensor, group)
+            sources[group].append(Source(follow.const, follow.axis, positions, kind))
+    return sources
+
+
+def _tied_weights(cm: CostModel, resource: str) -> np.ndarray:
+    """``C * count`` per group for every tied (depthwise) term: their ``C * sum(p_A)``."""
+    weights = np.zeros(len(cm.widths))
+    for term in cm.table(resource).terms:
+        if term.tied is not None:
+            np.add.at(weights, term.tied.groups, term.coef * term.tied.counts)
+    return weights
+
+
+class MorphNetPenalty:
+    """The MorphNet penalty of a wrapped ONNX model: add ``strength * penalty()`` to the loss.
+
+    Args:
+        module: An ``OnnxModule``; its ONNX graph gives the groups and costs and
+            ``module.tensor(name)`` the live parameters.
+        resource: "flops" or "params". Defaults to "flops".
+        mode: "auto", "gamma" or "group_lasso" (see the module docstring). Defaults to "auto".
+    """
+
+    def __init__(self, module: torch.nn.Module, resource: str = "flops", mode: str = "auto"):
+        from morphcli.channels import build_channel_graph
+
+        model = module.model
+        cg = build_channel_graph(model)
+        self._setup(cg, build_cost_model(model, cg), module.tensor, resource, mode)
+
+    @classmethod
+    def over(
+        cls,
+        cg: ChannelGraph,
+        cm: CostModel,
+        tensor: Callable[[str], torch.Tensor],
+        resource: str = "flops",
+        mode: str = "auto",
+    ) -> MorphNetPenalty:
+        """The penalty over an analysed graph, reading constants through ``tensor(name)``."""
+        penalty = cls.__new__(cls)
+        penalty._setup(cg, cm, tensor, resource, mode)
+        return penalty
+
+    def _setup(
+        self,
+        cg: ChannelGraph,
+        cm: CostModel,
+        tensor: Callable[[str], torch.Tensor],
+        resource: str,
+        mode: str,
+    ) -> None:
+        if resource not in RESOURCES:
+            raise ValueError(f"unknown resource {resource!r}: expected flops or params")
+        self.channel_graph = cg
+        self.cost_model = cm
+        self.resource = resource
+        self.mode = mode
+        self.sources = penalty_sources(cg, mode)
+        self._tensor = tensor
+        self._table = cm.table(resource)
+        self._tied = _tied_weights(cm, resource)
+        self._weights_at: tuple[tuple[int, ...], np.ndarray] | None = None
+
+    @property
+    def sourced(self) -> np.ndarray:
+        """Which groups have a penalty source (the others keep their width)."""
+        return np.array([bool(s) for s in self.sources], dtype=bool)
+
+    def _members(self) -> list[list[torch.Tensor]]:
+        """Every group's member vectors, one per source."""
+        return [[s.vector(self._tensor(s.const)) for s in sources] for sources in self.sources]
+
+    def _masks(self, members: list[list[torch.Tensor]]) -> list[np.ndarray]:
+        masks = []
+        for group, sources, vectors in zip(
+            self.channel_graph.groups, self.sources, members, strict=True
+        ):
+            if not sources:
+                masks.append(np.ones(group.width, dtype=bool))
+                continue
+            mask = np.zeros(group.width, dtype=bool)
+            for source, vector in zip(sources, vectors, strict=True):
+                mask |= source.alive(vector.detach().double().cpu().numpy())
+            masks.append(mask)
+        return masks
+
+    def vectors(self) -> list[torch.Tensor | None]:
+        """Each group's ``p`` (max over its sources), or None for a group without a source."""
+        return [_max_of(vectors) for vectors in self._members()]
+
+    def alive_masks(self) -> list[np.ndarray]:
+        """For each group, which of its classes are alive (all of them without a source)."""
+        with torch.no_grad():
+            return self._masks(self._members())
+
+    def alive_widths(self) -> np.ndarray:
+        """The alive channel count of every group."""
+        return np.array([int(m.sum()) for m in self.alive_masks()], dtype=np.int64)
+
+    def cost(self) -> float:
+        """The resource at the current alive widths (FLOPs or parameters)."""
+        return self.cost_model.resource(self.resource, self.alive_widths())
+
+    def weights(self, alive: np.ndarray) -> np.ndarray:
+        """``W``: d cost / d alive at ``alive``, plus the tied terms' ``C * count``."""
+        key = tuple(int(a) for a in alive)
+        if self._weights_at is None or self._weights_at[0] != key:
+            grad = self._table.gradient(np.asarray(alive, dtype=np.float64))
+            self._weights_at = (key, grad + self._tied)
+        return self._weights_at[1]
+
+    def __call__(self) -> torch.Tensor:
+        """The penalty, a scalar tensor with gradients to every source parameter."""
+        members = self._members()
+        alive = np.array([m.sum() for m in self._masks(members)], dtype=np.int64)
+        weights = self.weights(alive)
+        terms = [
+            float(weights[gid]) * p.sum()
+            for gid, p in enumerate(_max_of(vectors) for vectors in members)
+            if p is not None and weights[gid] != 0.0
+        ]
+        return torch.stack(terms).sum() if terms else torch.zeros(())
+
+
+def _max_of(vectors: list[torch.Tensor]) -> torch.Tensor | None:
+    if not vectors:
+        return None
+    return vectors[0] if len(vectors) == 1 else torch.stack(vectors).amax(dim=0)

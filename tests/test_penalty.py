@@ -1,0 +1,178 @@
+"""The MorphNet penalty against hand computations, finite differences and the cost model."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from morphcli.channels import build_channel_graph
+from morphcli.cost import build_cost_model
+from morphcli.model import model_from_proto
+from morphcli.penalty import MorphNetPenalty
+from tests.conftest import SAMPLE_MODELS
+
+
+def _hand_model(rng: np.random.Generator) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """x[3] -> conv1+BN1+relu (A) -> conv2(1x1)+BN2, residual Add (A) -> depthwise conv (A)
+    and conv4(1x1, bias, no BN: group B) -> Concat -> GlobalAveragePool -> Flatten -> Gemm."""
+    g1 = np.array([0.9, -0.5, 0.004, 1.3], np.float32)  # channel 2 dead in BN1 ...
+    g2 = np.array([0.2, 0.7, 0.006, -0.1], np.float32)  # ... and in BN2: dead in group A
+    w4 = rng.standard_normal((5, 4, 1, 1)).astype(np.float32)
+    w4[3] *= 1e-3  # a dead filter in group B (under 1e-2 of the largest norm)
+    weights = {
+        "W1": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
+        "g1": g1,
+        "b1": rng.standard_normal(4).astype(np.float32),
+        "m1": np.zeros(4, np.float32),
+        "v1": np.ones(4, np.float32),
+        "W2": rng.standard_normal((4, 4, 1, 1)).astype(np.float32),
+        "g2": g2,
+        "b2": rng.standard_normal(4).astype(np.float32),
+        "m2": np.zeros(4, np.float32),
+        "v2": np.ones(4, np.float32),
+        "W3": rng.standard_normal((4, 1, 3, 3)).astype(np.float32),
+        "W4": w4,
+        "B4": rng.standard_normal(5).astype(np.float32),
+        "W5": rng.standard_normal((10, 9)).astype(np.float32),
+        "b5": rng.standard_normal(10).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "W1"], ["t1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["t1", "g1", "b1", "m1", "v1"], ["u1"], name="bn1"),
+        helper.make_node("Relu", ["u1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "W2"], ["t2"], name="conv2"),
+        helper.make_node("BatchNormalization", ["t2", "g2", "b2", "m2", "v2"], ["u2"], name="bn2"),
+        helper.make_node("Add", ["r1", "u2"], ["s"], name="add"),
+        helper.make_node("Conv", ["s", "W3"], ["d"], name="dw", group=4, pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["s", "W4", "B4"], ["e"], name="conv4"),
+        helper.make_node("Concat", ["d", "e"], ["c"], name="concat", axis=1),
+        helper.make_node("GlobalAveragePool", ["c"], ["p"], name="gap"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "W5", "b5"], ["y"], name="head", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "hand",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+        [numpy_helper.from_array(v, k) for k, v in weights.items()],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    return proto, weights
+
+
+@pytest.fixture
+def hand():
+    proto, weights = _hand_model(np.random.default_rng(0))
+    model = model_from_proto(proto, "hand.onnx")
+    cg = build_channel_graph(model)
+    cm = build_cost_model(model, cg)
+    params = {
+        k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in weights.items()
+    }
+    return cg, cm, params, weights
+
+
+def _group_of(cg, tensor: str) -> int:
+    (gid,) = cg.tensor_groups(tensor)
+    return gid
+
+
+def _close(got: float, want: float, what: str) -> None:
+    assert abs(got - want) <= 1e-9 * max(1.0, abs(want)), f"{what}: {got} != {want}"
+
+
+def test_flops_penalty_equals_hand_computation(hand):
+    cg, cm, params, w = hand
+    penalty = MorphNetPenalty.over(cg, cm, params.__getitem__, "flops", "auto")
+    p_a = np.maximum(np.abs(w["g1"]), np.abs(w["g2"])).astype(np.float64)
+    norms_b = np.sqrt((w["W4"].astype(np.float64) ** 2).reshape(5, -1).sum(1))
+    s_a, s_b = p_a.sum(), norms_b.sum()
+    a_a, a_b = 3, 4  # one dead channel in each group
+    hw = 36
+    want = (
+        2 * hw * 9 * (3 * s_a)  # conv1: x (pinned, 3 channels, p = 0) -> A
+        + 2 * hw * 1 * (a_a * s_a + a_a * s_a)  # conv2: A -> A
+        + 2 * hw * 9 * (s_a + s_a)  # depthwise: C * (sum p_in + sum p_out)
+        + 2 * hw * 1 * (a_a * s_b + a_b * s_a)  # conv4: A -> B
+        + 2 * 1 * (10 * (s_a + s_b))  # Gemm: [A, B] -> 10 pinned outputs
+    )
+    _close(penalty().item(), want, "flops penalty")
+    widths = penalty.alive_widths()
+    assert widths[_group_of(cg, "t1")] == a_a and widths[_group_of(cg, "e")] == a_b, widths
+    want_cost = 2 * hw * (9 * 3 * a_a + a_a * a_a + 9 * a_a + a_a * a_b) + 2 * 10 * (a_a + a_b)
+    _close(penalty.cost(), want_cost, "alive flops")
+
+
+def test_params_penalty_equals_hand_computation(hand):
+    cg, cm, params, w = hand
+    penalty = MorphNetPenalty.over(cg, cm, params.__getitem__, "params", "auto")
+    s_a = np.maximum(np.abs(w["g1"]), np.abs(w["g2"])).astype(np.float64).sum()
+    s_b = np.sqrt((w["W4"].astype(np.float64) ** 2).reshape(5, -1).sum(1)).sum()
+    a_a, a_b = 3, 4
+    want = (
+        9 * (3 * s_a)  # W1 [A, 3, 3, 3]
+        + 4 * s_a  # g1 b1 m1 v1
+        + 1 * (2 * a_a * s_a)  # W2 [A, A, 1, 1]
+        + 4 * s_a  # g2 b2 m2 v2
+        + 9 * s_a  # W3 [A, 1, 3, 3]
+        + (a_a * s_b + a_b * s_a)  # W4 [B, A, 1, 1]
+        + s_b  # B4
+        + 10 * (s_a + s_b)  # W5 [10, A + B]; b5 is pinned
+    )
+    _close(penalty().item(), want, "params penalty")
+
+
+def test_group_lasso_mode_reads_filter_norms(hand):
+    cg, cm, params, w = hand
+    penalty = MorphNetPenalty.over(cg, cm, params.__getitem__, "flops", "group_lasso")
+    f64 = {k: v.astype(np.float64) for k, v in w.items()}
+    # Group A's members: conv1, conv2 and the depthwise filters (a channel's p is their max).
+    norms = [np.sqrt((f64[k] ** 2).reshape(4, -1).sum(1)) for k in ("W1", "W2", "W3")]
+    p_a = np.max(norms, axis=0)
+    p_b = np.sqrt((f64["W4"] ** 2).reshape(5, -1).sum(1))
+    (got_a, got_b) = (penalty.vectors()[_group_of(cg, t)] for t in ("t1", "e"))
+    np.testing.assert_allclose(got_a.detach().numpy(), p_a, rtol=1e-12)
+    np.testing.assert_allclose(got_b.detach().numpy(), p_b, rtol=1e-12)
+    assert penalty.alive_widths()[_group_of(cg, "t1")] == 4  # no filter norm is small
+
+
+def test_gradient_matches_finite_differences(hand):
+    cg, cm, params, _ = hand
+    names = ("g1", "g2", "W1", "W4")
+    leaves = [params[n] for n in names]
+
+    def value(*tensors):
+        lookup = dict(params)
+        lookup.update(zip(names, tensors, strict=True))
+        return MorphNetPenalty.over(cg, cm, lookup.__getitem__, "flops", "auto")()
+
+    assert torch.autograd.gradcheck(value, leaves, eps=1e-6, atol=1e-5)
+
+    def lasso(*tensors):
+        lookup = dict(params)
+        lookup.update(zip(names, tensors, strict=True))
+        return MorphNetPenalty.over(cg, cm, lookup.__getitem__, "params", "group_lasso")()
+
+    assert torch.autograd.gradcheck(lasso, leaves, eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["resnet.onnx", "mobilenetv2.onnx", "inception.onnx"])
+def test_cost_at_full_width_equals_analyzed_flops(name):
+    from morphcli.model import load_model
+
+    model = load_model(SAMPLE_MODELS / name)
+    cg = build_channel_graph(model)
+    cm = build_cost_model(model, cg)
+    tensors = {
+        t.name: torch.tensor(np.asarray(t.values))
+        for t in model.graph.tensors().values()
+        if isinstance(t, gs.Constant)
+    }
+    penalty = MorphNetPenalty.over(cg, cm, tensors.__getitem__, "flops")
+    assert penalty.sourced.any()
+    _close(penalty.cost(), cm.flops(), f"{name} alive flops at full width")
