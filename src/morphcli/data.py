@@ -1,0 +1,192 @@
+"""Data for fine-tuning: ``.npz`` arrays, image folders, or a ``module:function`` dataset.
+
+Every source becomes a torch ``Dataset`` whose items are ``x`` or ``(x, y)``: ``x`` a float
+tensor of the model input's per-sample shape, ``y`` an integer label (tensor). Sources:
+
+- ``data.npz`` with ``x``, optional ``y``, optional ``x_val`` / ``y_val``;
+- a folder with one subfolder of images per class (class index = sorted folder order),
+  read with Pillow, resized to the model input, scaled to [0, 1], then ``(v - mean) / std``;
+- ``module:function``: a callable returning a torch Dataset (the module is imported with the
+  current directory on ``sys.path``).
+
+Without validation data the training set is split: ``VAL_FRACTION`` of it is held out.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Subset, TensorDataset
+
+from morphcli.errors import MorphError
+
+VAL_FRACTION = 0.1
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
+
+
+@dataclass
+class DataSplit:
+    """Training and validation datasets, and whether their items carry labels."""
+
+    train: Dataset
+    val: Dataset
+    labelled: bool
+
+    def __str__(self) -> str:
+        kind = "labelled" if self.labelled else "unlabelled"
+        return f"{len(self.train)} training and {len(self.val)} validation samples ({kind})"
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """How image folders become tensors: size (H, W), per-channel mean and std."""
+
+    channels: int
+    size: tuple[int, int]
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+
+
+class ImageFolder(Dataset):
+    """Images in class subfolders, decoded lazily with Pillow."""
+
+    def __init__(self, root: Path, options: ImageOptions) -> None:
+        classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+        self.items = [
+            (path, label)
+            for label, name in enumerate(classes)
+            for path in sorted((root / name).rglob("*"))
+            if path.suffix.lower() in IMAGE_SUFFIXES
+        ]
+        if not self.items:
+            raise MorphError("no images in class subfolders", file=str(root))
+        self.options = options
+        mean = np.asarray(options.mean, np.float32).reshape(-1, 1, 1)
+        std = np.asarray(options.std, np.float32).reshape(-1, 1, 1)
+        self._mean, self._std = mean, std
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from PIL import Image
+
+        path, label = self.items[index]
+        mode = {1: "L", 3: "RGB", 4: "RGBA"}[self.options.channels]
+        height, width = self.options.size
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert(mode).resize((width, height)), dtype=np.float32)
+        array = pixels.reshape(height, width, -1).transpose(2, 0, 1) / 255.0
+        array = (array - self._mean) / self._std
+        return torch.from_numpy(np.ascontiguousarray(array)), torch.tensor(label)
+
+
+def _labels(values: np.ndarray, where: str) -> torch.Tensor:
+    if not np.issubdtype(values.dtype, np.integer):
+        raise MorphError(f"labels must be integers, got {values.dtype}", file=where)
+    return torch.from_numpy(values.astype(np.int64))
+
+
+def _arrays(x: np.ndarray, y: np.ndarray | None, where: str) -> Dataset:
+    if not np.issubdtype(x.dtype, np.number):
+        raise MorphError(f"inputs must be numbers, got {x.dtype}", file=where)
+    inputs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    if y is None:
+        return TensorDataset(inputs)
+    if len(y) != len(x):
+        raise MorphError(f"{len(x)} inputs but {len(y)} labels", file=where)
+    return TensorDataset(inputs, _labels(np.asarray(y), where))
+
+
+def _npz(path: Path) -> tuple[Dataset, Dataset | None]:
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            found = {k: arrays[k] for k in arrays.files}
+    except (OSError, ValueError) as error:
+        raise MorphError(f"not a readable .npz file ({error})", file=str(path)) from None
+    if "x" not in found:
+        raise MorphError(f"no array 'x' (has {', '.join(found) or 'none'})", file=str(path))
+    train = _arrays(found["x"], found.get("y"), str(path))
+    val = None
+    if "x_val" in found:
+        val = _arrays(found["x_val"], found.get("y_val"), str(path))
+    return train, val
+
+
+def _callable(spec: str) -> Dataset:
+    module_name, _, function_name = spec.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        function = getattr(importlib.import_module(module_name), function_name)
+    except (ImportError, AttributeError) as error:
+        raise MorphError(f"--data {spec}: cannot load it ({error})") from None
+    dataset = function()
+    if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+        raise MorphError(f"--data {spec}: returned {type(dataset).__name__}, not a Dataset")
+    return dataset
+
+
+def read_source(spec: str, images: ImageOptions) -> tuple[Dataset, Dataset | None]:
+    """One ``--data`` value as (dataset, validation dataset it carries or None)."""
+    path = Path(spec)
+    if path.is_dir():
+        return ImageFolder(path, images), None
+    if path.suffix == ".npz" or path.exists():
+        if not path.exists():
+            raise MorphError("no such file", file=spec)
+        return _npz(path)
+    if ":" in spec:
+        return _callable(spec), None
+    raise MorphError(f"--data {spec}: not an .npz file, an image folder or module:function")
+
+
+def _first(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor | None]:
+    item = dataset[0]
+    if isinstance(item, (tuple, list)):
+        return torch.as_tensor(item[0]), torch.as_tensor(item[1]) if len(item) > 1 else None
+    return torch.as_tensor(item), None
+
+
+def check_fits(dataset: Dataset, sample_shape: tuple[int, ...], what: str) -> bool:
+    """Raise if samples do not have the model input's per-sample shape; say if labelled."""
+    if len(dataset) == 0:
+        raise MorphError(f"{what} is empty")
+    x, y = _first(dataset)
+    if tuple(x.shape) != tuple(sample_shape):
+        want = "x".join(str(d) for d in sample_shape)
+        raise MorphError(
+            f"{what} samples have shape {'x'.join(str(d) for d in x.shape)}, "
+            f"the model input takes N x {want}"
+        )
+    return y is not None
+
+
+def split_data(
+    train_spec: str,
+    val_spec: str | None,
+    sample_shape: tuple[int, ...],
+    images: ImageOptions,
+    seed: int = 0,
+) -> DataSplit:
+    """The training and validation sets for a model input of ``sample_shape`` (no batch dim)."""
+    train, carried = read_source(train_spec, images)
+    val = read_source(val_spec, images)[0] if val_spec else carried
+    if val is None:
+        order = np.random.default_rng(seed).permutation(len(train))
+        n_val = max(1, round(VAL_FRACTION * len(train)))
+        if len(train) - n_val < 1:
+            raise MorphError(f"--data {train_spec}: too few samples to hold out validation")
+        val = Subset(train, order[:n_val].tolist())
+        train = Subset(train, order[n_val:].tolist())
+    labelled = check_fits(train, sample_shape, f"--data {train_spec}")
+    val_labelled = check_fits(val, sample_shape, f"validation data of {val_spec or train_spec}")
+    if labelled != val_labelled:
+        raise MorphError("training and validation data must both have labels or both not")
+    return DataSplit(train, val, labelled)

@@ -1,0 +1,276 @@
+"""The training loop: task or distillation loss, the penalty's strength, progress, epochs.
+
+``fit`` runs whole epochs of ``loss + lambda * penalty`` (no penalty when fine-tuning) with
+SGD (momentum 0.9) or Adam at a fixed learning rate, shuffling with a generator seeded by
+``seed`` and the epoch index, so a run resumed at an epoch boundary sees the same batches as an
+uninterrupted one. After every epoch it calls ``on_epoch`` (where the caller checkpoints).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from morphcli.errors import MorphError
+from morphcli.penalty import MorphNetPenalty
+from morphcli.progress import Progress
+
+DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3}
+MOMENTUM = 0.9
+# lambda auto: raise by this factor when the alive cost fell by less than STALL since the last
+# check; checks run CHECKS_PER_EPOCH times an epoch.
+RAISE = 2.0
+STALL = 0.01
+CHECKS_PER_EPOCH = 4
+
+
+def outputs_of(result: torch.Tensor | tuple | list | dict) -> tuple[torch.Tensor, ...]:
+    """A module's result as a tuple of tensors, whatever the number of outputs."""
+    if isinstance(result, torch.Tensor):
+        return (result,)
+    if isinstance(result, dict):
+        return tuple(result.values())
+    return tuple(result)
+
+
+def batch_parts(batch: torch.Tensor | tuple | list) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if isinstance(batch, (tuple, list)):
+        return batch[0], (batch[1] if len(batch) > 1 else None)
+    return batch, None
+
+
+class Objective:
+    """The task loss: cross entropy on labels, or distillation from a teacher's outputs.
+
+    Distillation compares each output with the teacher's: for a [N, C] output (logits) with
+    ``T^2 * KL(softmax(t / T) || softmax(s / T))``, for any other shape with the mean squared
+    error divided by the variance of the teacher's output (1 = as bad as predicting the mean).
+
+    Args:
+        teacher: The frozen original model; None with labels.
+        temperature: T for logits. Defaults to 1.
+    """
+
+    def __init__(self, teacher: nn.Module | None = None, temperature: float = 1.0) -> None:
+        self.teacher = teacher
+        self.temperature = temperature
+
+    @property
+    def distills(self) -> bool:
+        return self.teacher is not None
+
+    def __call__(
+        self, outputs: tuple[torch.Tensor, ...], x: torch.Tensor, y: torch.Tensor | None
+    ) -> torch.Tensor:
+        if self.teacher is None:
+            return self._cross_entropy(outputs, y)
+        with torch.no_grad():
+            targets = outputs_of(self.teacher(x))
+        return sum(self._distill(s, t) for s, t in zip(outputs, targets, strict=True))
+
+    def _cross_entropy(self, outputs: tuple[torch.Tensor, ...], y: torch.Tensor) -> torch.Tensor:
+        if y is None:
+            raise MorphError("the data has no labels: use distillation (--loss distill)")
+        if len(outputs) != 1:
+            raise MorphError(f"labels need a model with one output, it has {len(outputs)}")
+        logits = outputs[0]
+        classes = logits.shape[1] if logits.dim() > 1 else 1
+        low, high = int(y.min()), int(y.max())
+        if low < 0 or high >= classes:
+            raise MorphError(
+                f"labels out of range: found {low}..{high}, the model's output has "
+                f"{classes} classes (0..{classes - 1})"
+            )
+        return F.cross_entropy(logits, y)
+
+    def _distill(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        if student.dim() == 2 and student.shape[1] > 1:
+            t = self.temperature
+            return t * t * F.kl_div(
+                F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1),
+                reduction="batchmean", log_target=True,
+            )  # fmt: skip
+        scale = teacher.var().clamp_min(1e-12)
+        return F.mse_loss(student, teacher) / scale
+
+    def accuracy(self, outputs: tuple[torch.Tensor, ...], y: torch.Tensor | None) -> float | None:
+        """Top-1 accuracy (over every labelled position) with labels, else None."""
+        if y is None or self.teacher is not None:
+            return None
+        return float((outputs[0].argmax(1) == y).float().mean())
+
+
+@dataclass
+class Strength:
+    """lambda, the penalty's weight. ``auto``: raised by RAISE whenever a check finds the alive
+    cost fell by less than STALL since the last one, until the alive cost reaches ``goal``."""
+
+    value: float
+    auto: bool = False
+    goal: float = 0.0
+    last_cost: float | None = None
+
+    def check(self, alive_cost: float) -> None:
+        stalled = self.last_cost is not None and alive_cost > (1.0 - STALL) * self.last_cost
+        if self.auto and stalled and alive_cost > self.goal:
+            self.value *= RAISE
+        self.last_cost = alive_cost
+
+
+@dataclass
+class Schedule:
+    """How long and how to train. ``steps`` overrides ``epochs`` when given."""
+
+    epochs: int = 1
+    steps: int | None = None
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    lr: float | None = None
+    seed: int = 0
+
+    def steps_per_epoch(self, samples: int) -> int:
+        return max(1, samples // self.batch_size) if samples > self.batch_size else 1
+
+    def total_epochs(self, samples: int) -> int:
+        if self.steps is None:
+            return self.epochs
+        return math.ceil(self.steps / self.steps_per_epoch(samples))
+
+
+@dataclass
+class EpochStats:
+    """What one epoch did (means over its steps; the alive cost at its end)."""
+
+    epoch: int
+    loss: float
+    penalty: float | None = None
+    strength: float | None = None
+    alive_cost: float | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def make_optimizer(module: nn.Module, schedule: Schedule) -> torch.optim.Optimizer:
+    lr = schedule.lr if schedule.lr is not None else DEFAULT_LR[schedule.optimizer]
+    params = [p for p in module.parameters() if p.requires_grad]
+    if schedule.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    return torch.optim.SGD(params, lr=lr, momentum=MOMENTUM)
+
+
+def loader(dataset: Dataset, batch_size: int, seed: int | None = None) -> DataLoader:
+    """Shuffled with a generator seeded by ``seed`` (drop the ragged last batch), or in order."""
+    if seed is None:
+        return DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        generator=generator,
+        drop_last=len(dataset) > batch_size,
+    )
+
+
+def evaluate(
+    module: nn.Module, dataset: Dataset, objective: Objective, batch_size: int, device: str
+) -> tuple[float, float | None]:
+    """Mean loss and accuracy (None without labels) over ``dataset``, in eval mode."""
+    was_training = module.training
+    module.eval()
+    total, correct, count = 0.0, 0.0, 0
+    labelled = True
+    with torch.no_grad():
+        for batch in loader(dataset, batch_size):
+            x, y = batch_parts(batch)
+            x = x.to(device)
+            y = y.to(device) if y is not None else None
+            outputs = outputs_of(module(x))
+            n = len(x)
+            total += float(objective(outputs, x, y)) * n
+            accuracy = objective.accuracy(outputs, y)
+            labelled = labelled and accuracy is not None
+            correct += (accuracy or 0.0) * n
+            count += n
+    module.train(was_training)
+    return total / count, (correct / count if labelled else None)
+
+
+def fit(
+    module: nn.Module,
+    dataset: Dataset,
+    objective: Objective,
+    schedule: Schedule,
+    device: str,
+    progress: Progress,
+    label: str,
+    *,
+    penalty: MorphNetPenalty | None = None,
+    strength: Strength | None = None,
+    start_epoch: int = 0,
+    optimizer_state: dict | None = None,
+    on_epoch: Callable[[EpochStats, torch.optim.Optimizer], None] | None = None,
+) -> list[EpochStats]:
+    """Train ``module`` in place from epoch ``start_epoch`` to the schedule's end.
+
+    With ``penalty`` the loss is ``task + strength.value * penalty()`` and ``strength`` is
+    checked CHECKS_PER_EPOCH times an epoch against the alive cost.
+    """
+    module.to(device)
+    module.train()
+    optimizer = make_optimizer(module, schedule)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+    per_epoch = schedule.steps_per_epoch(len(dataset))
+    epochs = schedule.total_epochs(len(dataset))
+    total_steps = schedule.steps if schedule.steps is not None else epochs * per_epoch
+    check_every = max(1, per_epoch // CHECKS_PER_EPOCH)
+    history = []
+    reference = None
+    if penalty is not None:
+        reference = penalty.cost_model.resource(penalty.resource)
+    progress.start(label, total_steps, start_epoch * per_epoch, reference)
+    for epoch in range(start_epoch, epochs):
+        sums = {"loss": 0.0, "penalty": 0.0}
+        steps = 0
+        batches = loader(dataset, schedule.batch_size, seed=schedule.seed * 100_003 + epoch)
+        for batch in batches:
+            if epoch * per_epoch + steps >= total_steps:
+                break
+            x, y = batch_parts(batch)
+            x = x.to(device)
+            y = y.to(device) if y is not None else None
+            task = objective(outputs_of(module(x)), x, y)
+            loss = task
+            if penalty is not None:
+                value = penalty()
+                loss = task + strength.value * value
+                sums["penalty"] += float(value)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            sums["loss"] += float(task)
+            steps += 1
+            metrics = {"loss": float(task)}
+            if penalty is not None:
+                metrics["penalty"] = float(value)
+                if steps % check_every == 0:
+                    strength.check(penalty.cost())
+                    metrics["alive"] = strength.last_cost
+            progress.advance(metrics)
+        stats = EpochStats(epoch, sums["loss"] / max(steps, 1))
+        if penalty is not None:
+            stats.penalty = sums["penalty"] / max(steps, 1)
+            stats.strength = strength.value
+            stats.alive_cost = penalty.cost()
+        history.append(stats)
+        progress.epoch_done(stats, epochs)
+        if on_epoch is not None:
+            on_epoch(stats, optimizer)
+    progress.stop()
+    return history
