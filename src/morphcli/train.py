@@ -125,7 +125,8 @@ class Strength:
 
 @dataclass
 class Schedule:
-    """How long and how to train. ``steps`` overrides ``epochs`` when given."""
+    """How long and how to train. ``steps`` overrides ``epochs`` when given; ``cosine`` decays
+    the learning rate per step (fine-tuning; structure learning keeps it fixed)."""
 
     epochs: int = 1
     steps: int | None = None
@@ -133,6 +134,15 @@ class Schedule:
     optimizer: str = "sgd"
     lr: float | None = None
     seed: int = 0
+    cosine: bool = False
+
+    @property
+    def base_lr(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
+
+    def lr_at(self, step: int, total: int) -> float:
+        """The cosine decay from ``base_lr`` to 0 over ``total`` steps (fine-tuning)."""
+        return 0.5 * self.base_lr * (1.0 + math.cos(math.pi * step / max(total, 1)))
 
     def steps_per_epoch(self, samples: int) -> int:
         return max(1, samples // self.batch_size) if samples > self.batch_size else 1
@@ -156,7 +166,7 @@ class EpochStats:
 
 
 def make_optimizer(module: nn.Module, schedule: Schedule) -> torch.optim.Optimizer:
-    lr = schedule.lr if schedule.lr is not None else DEFAULT_LR[schedule.optimizer]
+    lr = schedule.base_lr
     params = [p for p in module.parameters() if p.requires_grad]
     if schedule.optimizer == "adam":
         return torch.optim.Adam(params, lr=lr)
@@ -235,42 +245,60 @@ def fit(
     if penalty is not None:
         reference = penalty.cost_model.resource(penalty.resource)
     progress.start(label, total_steps, start_epoch * per_epoch, reference)
-    for epoch in range(start_epoch, epochs):
-        sums = {"loss": 0.0, "penalty": 0.0}
-        steps = 0
-        batches = loader(dataset, schedule.batch_size, seed=schedule.seed * 100_003 + epoch)
-        for batch in batches:
-            if epoch * per_epoch + steps >= total_steps:
-                break
-            x, y = batch_parts(batch)
-            x = x.to(device)
-            y = y.to(device) if y is not None else None
-            task = objective(outputs_of(module(x)), x, y)
-            loss = task
-            if penalty is not None:
-                value = penalty()
-                loss = task + strength.value * value
-                sums["penalty"] += float(value)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            sums["loss"] += float(task)
-            steps += 1
-            metrics = {"loss": float(task)}
-            if penalty is not None:
-                metrics["penalty"] = float(value)
-                if steps % check_every == 0:
+    try:
+        for epoch in range(start_epoch, epochs):
+            sums = {"loss": 0.0, "penalty": 0.0}
+            steps = 0
+            for batch in loader(dataset, schedule.batch_size, seed=schedule.seed * 100_003 + epoch):
+                step = epoch * per_epoch + steps
+                if step >= total_steps:
+                    break
+                if schedule.cosine:
+                    for param_group in optimizer.param_groups:
+                        param_group["lr"] = schedule.lr_at(step, total_steps)
+                metrics = _step(module, batch, objective, optimizer, device, penalty, strength)
+                steps += 1
+                for key in sums:
+                    sums[key] += metrics.get(key) or 0.0
+                if penalty is not None and steps % check_every == 0:
                     strength.check(penalty.cost())
                     metrics["alive"] = strength.last_cost
-            progress.advance(metrics)
-        stats = EpochStats(epoch, sums["loss"] / max(steps, 1))
-        if penalty is not None:
-            stats.penalty = sums["penalty"] / max(steps, 1)
-            stats.strength = strength.value
-            stats.alive_cost = penalty.cost()
-        history.append(stats)
-        progress.epoch_done(stats, epochs)
-        if on_epoch is not None:
-            on_epoch(stats, optimizer)
-    progress.stop()
+                progress.advance(metrics)
+            stats = EpochStats(epoch, sums["loss"] / max(steps, 1))
+            if penalty is not None:
+                stats.penalty = sums["penalty"] / max(steps, 1)
+                stats.strength = strength.value
+                stats.alive_cost = penalty.cost()
+            history.append(stats)
+            progress.epoch_done(stats, epochs)
+            if on_epoch is not None:
+                on_epoch(stats, optimizer)
+    finally:
+        progress.stop()
     return history
+
+
+def _step(
+    module: nn.Module,
+    batch: torch.Tensor | tuple,
+    objective: Objective,
+    optimizer: torch.optim.Optimizer,
+    device: str,
+    penalty: MorphNetPenalty | None,
+    strength: Strength | None,
+) -> dict[str, float]:
+    """One optimizer step on ``task + lambda * penalty``; returns the loss and penalty values."""
+    x, y = batch_parts(batch)
+    x = x.to(device)
+    y = y.to(device) if y is not None else None
+    task = objective(outputs_of(module(x)), x, y)
+    loss = task
+    metrics = {"loss": task.item()}
+    if penalty is not None:
+        value = penalty()
+        loss = task + strength.value * value
+        metrics["penalty"] = value.item()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return metrics
