@@ -64,6 +64,22 @@ class OpRule:
     def rewrite(self, node: gs.Node, ctx: RewriteContext) -> None:
         """Rewrite attributes and shape-like inputs after the channels changed."""
 
+    def constant_input_effect(
+        self, node: gs.Node, values: np.ndarray
+    ) -> tuple[np.ndarray, bool] | None:
+        """What input channels holding constants add to the first output, per its channel.
+
+        ``values`` holds, per channel of input 0, the constant it carries (0 for the others).
+        Returns (delta, exact): exact when every output element gets exactly ``delta`` (a 1x1
+        conv without padding, Gemm, MatMul); otherwise delta is the interior value (padded
+        borders differ). None when the op does not sum its input channels linearly.
+        """
+        return None
+
+    def add_to_output(self, node: gs.Node, delta: np.ndarray, ctx: RewriteContext) -> None:
+        """Add ``delta`` (one value per channel of the first output) to that output."""
+        raise NotImplementedError(f"{node.op} cannot take an output bias")
+
 
 def attr(node: gs.Node, name: str, default: Any = None) -> Any:
     """The node's attribute ``name``, or ``default`` when it is absent."""

@@ -60,6 +60,26 @@ class SplitRule(OpRule):
             ctx.define(out, slots[start : start + size], axis=axis)
             start += size
 
+    def rewrite(self, node: gs.Node, ctx) -> None:
+        """Split sizes become the outputs' new channel counts: the ``split`` attribute before
+        opset 13, the input since (an equal split or ``num_outputs`` becomes explicit)."""
+        x = node.inputs[0].name
+        if not ctx.changed(x):
+            return
+        axis = normalize_axis(int(attr(node, "axis", 0)), len(ctx.shape(x)))
+        if axis != ctx.axis(x):
+            return
+        sizes, start = [], 0
+        for out in node.outputs:
+            begin, end = ctx.segment(x, out.name, start)
+            sizes.append(end - begin)
+            start += ctx.old_count(out.name)
+        if ctx.opset < 13:
+            node.attrs["split"] = sizes
+        else:
+            node.attrs.pop("num_outputs", None)
+            ctx.set_input(node, 1, np.array(sizes, dtype=np.int64))
+
 
 class SliceRule(OpRule):
     """Opset >= 10 takes starts/ends/axes/steps as inputs, older opsets as attributes."""
@@ -86,7 +106,31 @@ class SliceRule(OpRule):
             ctx.alias(out, x)
             return
         i = axes.index(channel_axis)
+        if steps[i] != 1:
+            # A strided channel slice keeps every k-th channel: removing one shifts the rest.
+            ctx.pin(x, f"Slice with step {steps[i]} on the channel axis")
         ctx.define(out, slots[slice(starts[i], ends[i], steps[i])], axis=channel_axis)
+
+    def rewrite(self, node: gs.Node, ctx) -> None:
+        """A channel-axis slice's bounds become its block of the new input channels."""
+        x, out = node.inputs[0].name, node.outputs[0].name
+        params = slice_params(node, ctx.const)
+        if not ctx.changed(x) or params is None:
+            return
+        starts, ends, axes, steps = params
+        rank = len(ctx.shape(x))
+        axes = [normalize_axis(a, rank) for a in axes]
+        if ctx.axis(x) not in axes:
+            return
+        i = axes.index(ctx.axis(x))
+        kept = range(ctx.old_count(x))[slice(starts[i], ends[i], steps[i])]
+        starts[i], ends[i] = ctx.segment(x, out, kept.start if len(kept) else 0)
+        if "starts" in node.attrs:
+            node.attrs["starts"], node.attrs["ends"] = starts, ends
+            return
+        dtype = ctx.const(node.inputs[1]).dtype
+        ctx.set_input(node, 1, np.array(starts, dtype=dtype))
+        ctx.set_input(node, 2, np.array(ends, dtype=dtype))
 
 
 def slice_params(node: gs.Node, const) -> tuple[list[int], list[int], list[int], list[int]] | None:
@@ -129,6 +173,22 @@ class GatherRule(OpRule):
             ctx.define(out, slots[picked.astype(np.int64)], axis=channel_axis)
         else:
             ctx.pin(x, "Gather across the channel axis")
+
+    def rewrite(self, node: gs.Node, ctx) -> None:
+        """Channel indices point at the new input channels: copy r of old channel i."""
+        x, out = node.inputs[0].name, node.outputs[0].name
+        picked = ctx.const(node.inputs[1])
+        target = ctx.index_map(out)
+        if not ctx.changed(x) or target is None or picked is None or picked.ndim != 1:
+            return
+        if normalize_axis(int(attr(node, "axis", 0)), len(ctx.shape(x))) != ctx.axis(x):
+            return
+        old = np.where(picked < 0, picked + ctx.old_count(x), picked)
+        new = [
+            ctx.new_position(x, int(old[o]), int(r))
+            for o, r in zip(target.old_index, target.replica, strict=True)
+        ]
+        ctx.set_input(node, 1, np.array(new, dtype=picked.dtype))
 
 
 RULES = [ConcatRule(), SplitRule(), SliceRule(), GatherRule()]

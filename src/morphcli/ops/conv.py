@@ -8,13 +8,13 @@ grouped conv pins both sides, since its groups would have to shrink in step.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from math import prod
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from morphcli.ops.base import FlopTerm, OpRule, Shape, attr, input_at
+from morphcli.ops.base import FlopTerm, OpRule, Shape, attr, input_at, ints
 
 
 def _kernel_size(node: gs.Node) -> int:
@@ -25,6 +25,22 @@ def is_depthwise(node: gs.Node, in_channels: int, out_channels: int) -> bool:
     """group == in channels, and each input channel makes k >= 1 outputs."""
     group = int(attr(node, "group", 1))
     return group > 1 and group == in_channels and out_channels % in_channels == 0
+
+
+def _pointwise(kernel: Sequence[int], node: gs.Node) -> bool:
+    """A 1x1 kernel without explicit padding: every output reads exactly one input pixel.
+
+    (A SAME ``auto_pad`` pads nothing for a 1x1 kernel: (ceil(in / s) - 1) * s + 1 <= in.)
+    """
+    return all(int(k) == 1 for k in kernel) and not any(ints(attr(node, "pads", [])))
+
+
+def _add_bias(node: gs.Node, delta: np.ndarray, ctx) -> None:
+    """bias += delta, creating the bias input when the conv has none."""
+    weight = node.inputs[1]
+    bias = input_at(node, 2)
+    base = np.zeros(len(delta)) if bias is None else np.asarray(bias.values, dtype=np.float64)
+    ctx.set_input(node, 2, (base + delta).astype(np.asarray(weight.values).dtype))
 
 
 class ConvRule(OpRule):
@@ -63,6 +79,24 @@ class ConvRule(OpRule):
             return [FlopTerm(coef, ((out, 1),), tied_input=(x, 1))]
         return [FlopTerm(coef / group, ((x, 1), (out, 1)))]
 
+    def rewrite(self, node: gs.Node, ctx) -> None:
+        """A depthwise conv's ``group`` is its new input channel count."""
+        x, out = node.inputs[0].name, node.outputs[0].name
+        if ctx.changed(x) and is_depthwise(node, ctx.old_count(x), ctx.old_count(out)):
+            node.attrs["group"] = ctx.new_count(x)
+
+    def constant_input_effect(self, node: gs.Node, values: np.ndarray):
+        """delta[o] = sum_i values[i] * sum_k W[o, i, k]; exact for a 1x1 kernel without pads."""
+        weight = node.inputs[1]
+        if int(attr(node, "group", 1)) != 1 or not isinstance(weight, gs.Constant):
+            return None
+        w = np.asarray(weight.values, dtype=np.float64)
+        delta = np.einsum("oi...,i->o", w, values)
+        return delta, _pointwise(w.shape[2:], node)
+
+    def add_to_output(self, node: gs.Node, delta: np.ndarray, ctx) -> None:
+        _add_bias(node, delta, ctx)
+
 
 class ConvTransposeRule(OpRule):
     op_types = ("ConvTranspose",)
@@ -90,6 +124,22 @@ class ConvTransposeRule(OpRule):
         coef = 2.0 * prod(shape(x)[2:]) * _kernel_size(node)
         group = int(attr(node, "group", 1))
         return [FlopTerm(coef / group, ((x, 1), (out, 1)))]
+
+    def constant_input_effect(self, node: gs.Node, values: np.ndarray):
+        """delta[o] = sum_i values[i] * sum_k W[i, o, k]; exact for a 1x1 kernel with stride 1
+        and no pads (every output pixel then gets exactly one tap)."""
+        weight = node.inputs[1]
+        if int(attr(node, "group", 1)) != 1 or not isinstance(weight, gs.Constant):
+            return None
+        w = np.asarray(weight.values, dtype=np.float64)
+        delta = np.einsum("io...,i->o", w, values)
+        unit_strides = all(s == 1 for s in ints(attr(node, "strides", [])))
+        no_extra = not any(ints(attr(node, "output_padding", [])))
+        exact = _pointwise(w.shape[2:], node) and unit_strides and no_extra
+        return delta, exact and attr(node, "output_shape") is None
+
+    def add_to_output(self, node: gs.Node, delta: np.ndarray, ctx) -> None:
+        _add_bias(node, delta, ctx)
 
 
 RULES = [ConvRule(), ConvTransposeRule()]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from math import prod
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
 from morphcli.ops.base import FlopTerm, OpRule, Shape, attr, input_at
@@ -43,6 +44,29 @@ class GemmRule(OpRule):
         rows = shape(out)[0]
         return [FlopTerm(2.0 * rows, ((a, 1), (out, 1)))]
 
+    def constant_input_effect(self, node: gs.Node, values: np.ndarray):
+        """delta = alpha * values @ B (B transposed when transB): exact."""
+        b = node.inputs[1]
+        if not isinstance(b, gs.Constant) or int(attr(node, "transA", 0)):
+            return None
+        weight = np.asarray(b.values, dtype=np.float64)
+        if int(attr(node, "transB", 0)):
+            weight = weight.T
+        return float(attr(node, "alpha", 1.0)) * (values @ weight), True
+
+    def add_to_output(self, node: gs.Node, delta: np.ndarray, ctx) -> None:
+        """Y = alpha * A B + beta * C: C += delta / beta (C = delta and beta = 1 when beta is 0
+        or C is absent)."""
+        dtype = np.asarray(node.inputs[1].values).dtype
+        beta = float(attr(node, "beta", 1.0))
+        bias = input_at(node, 2)
+        if bias is None or beta == 0.0:
+            node.attrs["beta"] = 1.0
+            ctx.set_input(node, 2, delta.astype(dtype))
+            return
+        base = np.asarray(bias.values, dtype=np.float64)
+        ctx.set_input(node, 2, (base + delta / beta).astype(dtype))
+
 
 class MatMulRule(OpRule):
     op_types = ("MatMul",)
@@ -65,6 +89,31 @@ class MatMulRule(OpRule):
             last = len(a_shape) - 1
             return [FlopTerm(2.0 * prod(a_shape[:-1]), ((a, last), (out, last)))]
         return [FlopTerm(2.0 * prod(shape(out)) * a_shape[-1])]
+
+    def constant_input_effect(self, node: gs.Node, values: np.ndarray):
+        """delta = values @ B for a constant 2-D B: exact."""
+        b = node.inputs[1]
+        if not isinstance(b, gs.Constant) or len(b.shape) != 2:
+            return None
+        return values @ np.asarray(b.values, dtype=np.float64), True
+
+    def add_to_output(self, node: gs.Node, delta: np.ndarray, ctx) -> None:
+        """MatMul has no bias: an Add of ``delta`` follows it, writing the original output."""
+        out = node.outputs[0]
+        product = gs.Variable(ctx.fresh_name(f"{out.name}_matmul"), dtype=out.dtype)
+        node.outputs[0] = product
+        bias = gs.Constant(
+            ctx.fresh_name(f"{node.name}_bias"),
+            delta.astype(np.asarray(node.inputs[1].values).dtype),
+        )
+        ctx.graph.nodes.append(
+            gs.Node(
+                "Add",
+                ctx.fresh_name(f"{node.name}_bias_add"),
+                inputs=[product, bias],
+                outputs=[out],
+            )
+        )
 
 
 RULES = [GemmRule(), MatMulRule()]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from morphcli.ops.base import OpRule
+from morphcli.ops.base import OpRule, input_at
 
 
 class PoolRule(OpRule):
@@ -34,6 +34,16 @@ class SpatialRule(OpRule):
             ctx.alias(out, x)
         else:
             ctx.pin(x, f"{node.op} changes the channel dim")
+
+    def rewrite(self, node: gs.Node, ctx) -> None:
+        """A Resize ``sizes`` input spells out the channel count: it gets the new one."""
+        out = node.outputs[0].name
+        sizes = ctx.const(input_at(node, 3)) if node.op == "Resize" else None
+        if sizes is None or not ctx.changed(out):
+            return
+        sizes = sizes.copy()
+        sizes[ctx.axis(out)] = ctx.new_count(out)
+        ctx.set_input(node, 3, sizes)
 
 
 RULES = [PoolRule(), SpatialRule()]

@@ -60,7 +60,38 @@ class ReshapeRule(OpRule):
     op_types = ("Reshape",)
 
     def connect(self, node: gs.Node, ctx) -> None:
-        reshape_channels(ctx, node, node.inputs[0], node.outputs[0])
+        x, out = node.inputs[0], node.outputs[0]
+        reshape_channels(ctx, node, x, out)
+        computed = "shape" not in node.attrs and ctx.const(input_at(node, 1)) is None
+        if computed and ctx.has_channels(out.name):
+            rank = len(ctx.shape(out.name))
+            if int(attr(node, "allowzero", 0)) or rank > ctx.axis(out.name) + 2:
+                ctx.pin(x, "Reshape to a computed shape that surgery could not rewrite")
+
+    def rewrite(self, node: gs.Node, ctx) -> None:
+        """A constant target that spells out the output's channel (or feature) count gets the
+        new count; 0 and -1 entries stay (they copy or infer it). A computed target (a shape
+        chain that may hold today's count as a constant) becomes [0, ..., 0, -1]: every
+        leading dim copied from the input, the last inferred, nothing frozen."""
+        out = node.outputs[0].name
+        if not ctx.changed(out):
+            return
+        axis = ctx.axis(out)
+        if "shape" not in node.attrs and ctx.const(input_at(node, 1)) is None:
+            rank = len(ctx.shape(out))
+            ctx.set_input(node, 1, np.array([0] * (rank - 1) + [-1], dtype=np.int64))
+            return
+        if "shape" in node.attrs:
+            target = ints(node.attrs["shape"])
+            if target[axis] == ctx.old_count(out):
+                target[axis] = ctx.new_count(out)
+                node.attrs["shape"] = target
+            return
+        target = ctx.const(input_at(node, 1))
+        if target is not None and int(target[axis]) == ctx.old_count(out):
+            target = target.copy()
+            target[axis] = ctx.new_count(out)
+            ctx.set_input(node, 1, target)
 
 
 class FlattenRule(OpRule):
@@ -145,6 +176,18 @@ class BroadcastRule(OpRule):
             ctx.alias(out, x)
         else:
             ctx.pin(x, f"{node.op} repeats along the channel axis")
+
+    def rewrite(self, node: gs.Node, ctx) -> None:
+        """An Expand shape that spells out the channel count gets the new count."""
+        out = node.outputs[0].name
+        shape = ctx.const(input_at(node, 1)) if node.op == "Expand" else None
+        if shape is None or not ctx.changed(out):
+            return
+        index = ctx.axis(out) - (len(ctx.shape(out)) - len(shape))
+        if index >= 0 and int(shape[index]) == ctx.old_count(out):
+            shape = shape.copy()
+            shape[index] = ctx.new_count(out)
+            ctx.set_input(node, 1, shape)
 
 
 RULES = [

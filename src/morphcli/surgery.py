@@ -1,0 +1,347 @@
+"""Surgery: one function that removes, keeps and replicates channels of a graph.
+
+Each group gets copy counts, an int per class in ``group.classes`` order: 0 removes the class,
+1 keeps it, k > 1 keeps it and adds k - 1 replicas. Every tensor's new channels follow from
+its classes alone: its channels split into maximal runs of one class, and each run is emitted
+once per copy of its class, the replicas right after the run. A Flatten block of H*W features
+or a depthwise multiplier's k outputs is thus replicated as a block, which keeps concat,
+flatten and depthwise consistent with their inputs.
+
+Constants that follow a tensor's channels (``Follow``) are taken along that axis by the
+tensor's index map; a linear consumer's input axis (role ``in``) is divided by the copy
+count, so a widened model computes the same function (Net2WiderNet, arXiv 1511.05641).
+Attributes and shape-like inputs are then rewritten by each node's op rule (``rewrite``).
+The result passes ``onnx.checker`` (full check) and runs in onnxruntime, or the surgery
+fails with an internal error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from morphcli.channels import FILTER, IN, ChannelGraph
+from morphcli.errors import EXIT_INTERNAL, MorphError
+from morphcli.model import Model, dummy_inputs
+from morphcli.ops import rule_for
+from morphcli.ops.base import Shape
+from morphcli.runtime import run_model
+
+PRESERVE, RANDOM = "preserve", "random"
+
+
+@dataclass(frozen=True)
+class IndexMap:
+    """A tensor's channels after surgery.
+
+    New channel j copies old channel ``old_index[j]``; ``copies[j]`` is the copy count of its
+    class and ``replica[j]`` which copy it is (0: the original). ``old_copies[i]`` is the
+    copy count of old channel i.
+    """
+
+    old_index: np.ndarray
+    copies: np.ndarray
+    replica: np.ndarray
+    old_copies: np.ndarray
+
+    @property
+    def old_count(self) -> int:
+        return len(self.old_copies)
+
+    @property
+    def new_count(self) -> int:
+        return len(self.old_index)
+
+    @property
+    def changed(self) -> bool:
+        return bool(np.any(self.old_copies != 1))
+
+    def __str__(self) -> str:
+        return f"{self.old_count} -> {self.new_count} channels"
+
+
+@dataclass(frozen=True)
+class Init:
+    """How new channels start.
+
+    ``preserve``: replicas copy their class everywhere and consumers' input columns are
+    divided by the copy count, so the function is unchanged. ``noise`` > 0 adds to those
+    columns a perturbation of standard deviation ``noise * std(weight)`` that sums to zero
+    over the copies of each channel: the function is still unchanged (replicas carry equal
+    values), but replicas get different gradients, which breaks their symmetry.
+    ``random``: replicas' producing filters are drawn from a normal distribution with the
+    standard deviation of the existing filters, and consumers read them with zero columns
+    (the originals keep their full columns): the function is unchanged at init and the new
+    channels start learning from the first step. Per-channel parameters (bias, BN) are copied.
+    """
+
+    mode: str = PRESERVE
+    noise: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in (PRESERVE, RANDOM):
+            raise ValueError(f"init mode must be {PRESERVE} or {RANDOM}, not {self.mode!r}")
+        if self.noise < 0:
+            raise ValueError("noise must be >= 0")
+
+
+def index_map(classes: np.ndarray, copies_of_class: np.ndarray) -> IndexMap:
+    """The index map of a tensor whose channels have ``classes``, by maximal runs."""
+    n = len(classes)
+    old_copies = copies_of_class[classes]
+    if n == 0:
+        empty = np.zeros(0, np.int64)
+        return IndexMap(empty, empty, empty, old_copies)
+    starts = np.flatnonzero(np.r_[True, classes[1:] != classes[:-1]])
+    lengths = np.diff(np.r_[starts, n])
+    k = old_copies[starts]
+    run = np.repeat(np.arange(len(starts)), k)
+    replica = np.arange(len(run)) - np.repeat(np.cumsum(k) - k, k)
+    size = lengths[run]
+    offset = np.arange(size.sum()) - np.repeat(np.cumsum(size) - size, size)
+    return IndexMap(
+        old_index=np.repeat(starts[run], size) + offset,
+        copies=np.repeat(k[run], size),
+        replica=np.repeat(replica, size),
+        old_copies=old_copies,
+    )
+
+
+def index_maps(cg: ChannelGraph, copies: Sequence[np.ndarray]) -> dict[str, IndexMap]:
+    """Every channel tensor's index map under per-group copy counts (validated)."""
+    if len(copies) != len(cg.groups):
+        raise ValueError(f"{len(copies)} copy arrays for {len(cg.groups)} groups")
+    per_class = np.ones(len(cg.class_of_slot), dtype=np.int64)
+    for group, counts in zip(cg.groups, copies, strict=True):
+        counts = np.asarray(counts, dtype=np.int64)
+        if counts.shape != (group.width,) or np.any(counts < 0):
+            raise ValueError(f"{group}: copy counts must be {group.width} ints >= 0")
+        if not counts.any():
+            raise ValueError(f"{group}: every channel removed")
+        if not group.prunable and np.any(counts != 1):
+            raise ValueError(f"{group} cannot change width")
+        per_class[group.classes] = counts
+    return {name: index_map(cg.classes(name), per_class) for name in cg.tensors}
+
+
+class RewriteContext:
+    """What an op rule's ``rewrite`` sees: old and new channels of every tensor, the old
+    shapes, and ways to replace a constant input or add a node without touching others."""
+
+    def __init__(self, model: Model, cg: ChannelGraph, maps: dict[str, IndexMap], graph: gs.Graph):
+        self.model = model
+        self.cg = cg
+        self.maps = maps
+        self.graph = graph
+        self._names = set(graph.tensors()) | {n.name for n in graph.nodes}
+
+    @property
+    def opset(self) -> int:
+        return int(self.graph.opset)
+
+    def shape(self, name: str) -> Shape | None:
+        """The tensor's shape before surgery."""
+        return self.model.shapes.get(name)
+
+    def const(self, tensor: gs.Tensor | None) -> np.ndarray | None:
+        return np.asarray(tensor.values) if isinstance(tensor, gs.Constant) else None
+
+    def axis(self, name: str) -> int | None:
+        channels = self.cg.tensors.get(name)
+        return None if channels is None else channels.axis
+
+    def index_map(self, name: str) -> IndexMap | None:
+        return self.maps.get(name)
+
+    def changed(self, name: str) -> bool:
+        found = self.maps.get(name)
+        return found is not None and found.changed
+
+    def old_count(self, name: str) -> int | None:
+        found = self.maps.get(name)
+        return None if found is None else found.old_count
+
+    def new_count(self, name: str) -> int | None:
+        found = self.maps.get(name)
+        return None if found is None else found.new_count
+
+    def segment(self, source: str, part: str, old_start: int) -> tuple[int, int]:
+        """Where ``part`` (old channels ``old_start`` ... of ``source``) lies in new ``source``.
+
+        Raises:
+            ValueError: the part's new channels are not a contiguous block of the source's
+                (a replicated run straddles the part's boundary).
+        """
+        src, sub = self.maps[source], self.maps[part]
+        start = int(src.old_copies[:old_start].sum())
+        end = start + sub.new_count
+        if not np.array_equal(src.old_index[start:end], sub.old_index + old_start):
+            raise ValueError(f"{part} is not a contiguous block of {source} after surgery")
+        return start, end
+
+    def new_position(self, name: str, old: int, replica: int) -> int:
+        """The new channel of ``name`` that is copy ``replica`` of old channel ``old``."""
+        found = self.maps[name]
+        hits = np.flatnonzero((found.old_index == old) & (found.replica == replica))
+        return int(hits[0])
+
+    def fresh_name(self, base: str) -> str:
+        name, i = base, 0
+        while name in self._names:
+            i += 1
+            name = f"{base}_{i}"
+        self._names.add(name)
+        return name
+
+    def set_input(self, node: gs.Node, index: int, values: np.ndarray) -> None:
+        """Give ``node`` a new constant at input ``index`` (appended when index == len)."""
+        base = node.inputs[index].name if index < len(node.inputs) else f"{node.name}_in{index}"
+        const = gs.Constant(self.fresh_name(f"{base or node.name}_morph"), np.asarray(values))
+        while len(node.inputs) < index:
+            node.inputs.append(gs.Variable.empty())
+        if index == len(node.inputs):
+            node.inputs.append(const)
+        else:
+            node.inputs[index] = const
+
+
+def _zero_sum_noise(
+    shape: tuple[int, ...], imap: IndexMap, scale: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Normal noise along axis 0 (the new channels), minus its mean over each channel's copies."""
+    noise = rng.standard_normal(shape) * scale
+    sums = np.zeros((imap.old_count, *shape[1:]))
+    np.add.at(sums, imap.old_index, noise)
+    copies = imap.copies.reshape((-1,) + (1,) * (len(shape) - 1))
+    return noise - sums[imap.old_index] / copies
+
+
+def _follow_axis(
+    values: np.ndarray, axis: int, role: str, imap: IndexMap, init: Init, rng: np.random.Generator
+) -> np.ndarray:
+    """One constant axis after surgery: taken by the map, then divided or initialised."""
+    moved = np.moveaxis(np.asarray(values), axis, 0)
+    out = moved[imap.old_index]
+    new = imap.replica > 0
+    if not np.any(new):
+        return np.moveaxis(out, 0, axis)
+    if role == IN and init.mode == PRESERVE:
+        copies = imap.copies.reshape((-1,) + (1,) * (out.ndim - 1))
+        divided = out / copies
+        if init.noise:
+            scale = init.noise * float(np.std(moved))
+            divided = divided + _zero_sum_noise(out.shape, imap, scale, rng)
+        out = divided.astype(out.dtype)
+    elif role == IN:
+        out[new] = 0
+    elif role == FILTER and init.mode == RANDOM:
+        out[new] = rng.normal(0.0, float(np.std(moved)), size=out[new].shape)
+    return np.moveaxis(out, 0, axis)
+
+
+def _rewrite_constants(
+    graph: gs.Graph, cg: ChannelGraph, maps: dict[str, IndexMap], init: Init
+) -> None:
+    """Every followed constant axis, once per (constant, axis), in every node that uses it."""
+    rng = np.random.default_rng(init.seed)
+    by_const: dict[str, dict[int, tuple[str, str]]] = {}
+    for follow in cg.follows:
+        by_const.setdefault(follow.const, {}).setdefault(follow.axis, (follow.tensor, follow.role))
+    constants = {t.name: t for t in graph.tensors().values() if isinstance(t, gs.Constant)}
+    for name, axes in by_const.items():
+        const = constants.get(name)
+        changed = {a: tr for a, tr in axes.items() if tr[0] in maps and maps[tr[0]].changed}
+        if const is None or not changed:
+            continue
+        values = np.asarray(const.values)
+        for axis, (tensor, role) in sorted(changed.items()):
+            values = _follow_axis(values, axis, role, maps[tensor], init, rng)
+        const.values = values
+
+
+def _internal(model: Model, what: str, error: Exception) -> MorphError:
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return MorphError(f"surgery failed: {what}: {first}", file=model.path, exit_code=EXIT_INTERNAL)
+
+
+def check_result(proto: onnx.ModelProto, model: Model) -> None:
+    """Full ``onnx.checker`` check and one onnxruntime run; outputs keep their shapes.
+
+    Raises:
+        MorphError: exit code 3 (internal error), naming the check that failed.
+    """
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as error:
+        raise _internal(model, "onnx.checker rejects the result", error) from None
+    try:
+        outputs = run_model(proto, dummy_inputs(proto, model.input_shapes))
+    except Exception as error:
+        raise _internal(model, "onnxruntime cannot run the result", error) from None
+    for name, value in outputs.items():
+        want = model.shapes.get(name)
+        if want is not None and tuple(np.shape(value)) != tuple(want):
+            raise _internal(
+                model, "output shape changed", ValueError(f"{name}: {np.shape(value)} != {want}")
+            )
+
+
+def apply_copies(
+    model: Model,
+    cg: ChannelGraph,
+    copies: Sequence[np.ndarray],
+    init: Init | None = None,
+    output_deltas: dict[str, np.ndarray] | None = None,
+) -> onnx.ModelProto:
+    """Remove, keep and replicate channels; the input model is left untouched.
+
+    Args:
+        model: The analysed model.
+        cg: Its channel graph.
+        copies: Per group, an int per class (``group.classes`` order): 0 removes, 1 keeps,
+            k > 1 keeps and adds k - 1 replicas. Pinned groups must be all ones; no group
+            may lose every class.
+        init: How new channels start. Defaults to ``Init()`` (preserve, no noise).
+        output_deltas: Node name -> an amount per channel of its first output (before
+            surgery) to add to that output, through the node rule's ``add_to_output``
+            (removed constant channels folded into a consumer's bias).
+
+    Returns:
+        The checked ModelProto with the input model's opsets, metadata and graph I/O.
+
+    Raises:
+        MorphError: exit code 3 when the result fails the checker or onnxruntime.
+    """
+    init = init or Init()
+    maps = index_maps(cg, copies)
+    graph = model.graph.copy()
+    _rewrite_constants(graph, cg, maps, init)
+    ctx = RewriteContext(model, cg, maps, graph)
+    nodes = {node.name: node for node in graph.nodes}
+    for node in list(graph.nodes):
+        rule = rule_for(node.op, node.domain)
+        if rule is None:
+            continue
+        try:
+            rule.rewrite(node, ctx)
+        except ValueError as error:
+            raise _internal(model, f"node {node.name!r} ({node.op})", error) from None
+    for name, delta in (output_deltas or {}).items():
+        node = nodes[name]
+        out = maps.get(node.outputs[0].name)
+        delta = np.asarray(delta) if out is None else np.asarray(delta)[out.old_index]
+        rule_for(node.op, node.domain).add_to_output(node, delta, ctx)
+    io = {t.name for t in (*graph.inputs, *graph.outputs)}
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Variable) and tensor.name not in io:
+            tensor.shape = None
+    graph.toposort()
+    proto = dataclasses.replace(model, graph=graph).to_proto()
+    check_result(proto, model)
+    return proto
