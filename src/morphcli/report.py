@@ -146,3 +146,75 @@ def render_analysis(doc: dict[str, Any], console: Console, all_ops: bool = False
     )
     for warning in doc["warnings"]:
         console.print(f"[yellow]warning:[/yellow] {warning}")
+
+
+BAR_WIDTH = 24
+
+
+def _bar(value: int, largest: int) -> str:
+    filled = max(1, round(BAR_WIDTH * value / largest)) if value else 0
+    return "█" * filled + " " * (BAR_WIDTH - filled)
+
+
+def _layer_name(label: str) -> str:
+    """A producer node name without its op-type tail: '/stages.0/conv1/Conv' -> 'stages.0/conv1'."""
+    parts = [p for p in label.split("/") if p]
+    if len(parts) > 1 and parts[-1][:1].isupper():
+        parts = parts[:-1]
+    return "/".join(parts) or label
+
+
+def render_width_bars(before: dict[str, int], after: dict[str, int], console: Console) -> None:
+    """Per-layer widths before and after as paired bars (the MorphNet paper's picture)."""
+    largest = max([*before.values(), *after.values(), 1])
+    table = Table(title="Layer widths", title_justify="left", pad_edge=False, box=None)
+    table.add_column("layer", overflow="fold", max_width=32)
+    table.add_column("input", no_wrap=True)
+    table.add_column("result", no_wrap=True)
+    for label, width in before.items():
+        new = after.get(label, 0)
+        color = "green" if new > width else "red" if new < width else "white"
+        table.add_row(
+            _layer_name(label),
+            f"[dim]{_bar(width, largest)}[/dim] {width:>4}",
+            f"[{color}]{_bar(new, largest)}[/{color}] {new:>4}",
+        )
+    console.print(table)
+
+
+def _quality(entry: dict[str, Any] | None) -> str:
+    if not entry:
+        return "-"
+    text = f"loss {entry['loss']:.4f}"
+    if entry.get("accuracy") is not None:
+        text += f", accuracy {entry['accuracy']:.2%}"
+    return text
+
+
+def render_shrink(report: dict[str, Any], console: Console) -> None:
+    """The shrink report: widths chart, cost at every step, validation, and the verdict."""
+    steps = report["steps"]
+    render_width_bars(steps[0]["widths"], steps[-1]["widths"], console)
+    table = Table(title="Steps", title_justify="left", pad_edge=False)
+    table.add_column("step")
+    table.add_column("FLOPs", justify="right")
+    table.add_column("params", justify="right")
+    table.add_column("multiplier", justify="right")
+    for step in steps:
+        omega = step.get("multiplier")
+        table.add_row(
+            step["step"],
+            human(step["flops"]),
+            human(step["params"]),
+            "" if omega is None else f"{omega:.3f}",
+        )
+    console.print(table)
+    for name, entry in report["validation"].items():
+        console.print(f"validation, {name}: {_quality(entry)}")
+    unit = "FLOPs" if report["resource"] == "flops" else "params"
+    verdict = "[green]met[/green]" if report["met"] else "[red]not met[/red]"
+    console.print(
+        f"[bold]{human(report['reached'])} {unit}[/bold] = {report['fraction_of_target']:.1%} "
+        f"of the target {human(report['target'])} (band 97-100%): {verdict}; "
+        f"written to {report['output']}"
+    )

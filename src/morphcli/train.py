@@ -28,6 +28,8 @@ MOMENTUM = 0.9
 RAISE = 2.0
 STALL = 0.01
 CHECKS_PER_EPOCH = 4
+# Batches that refresh BN running statistics (momentum 0.1: the old values keep 0.9^50).
+RECALIBRATION_BATCHES = 50
 
 
 def outputs_of(result: torch.Tensor | tuple | list | dict) -> tuple[torch.Tensor, ...]:
@@ -185,6 +187,25 @@ def loader(dataset: Dataset, batch_size: int, seed: int | None = None) -> DataLo
         generator=generator,
         drop_last=len(dataset) > batch_size,
     )
+
+
+def recalibrate(
+    module: nn.Module, dataset: Dataset, batch_size: int, device: str, seed: int = 0
+) -> None:
+    """Refresh normalisation running statistics: RECALIBRATION_BATCHES forward passes in
+    train mode without gradients.
+
+    Structure learning shrinks scales every step, so the running statistics lag behind the
+    weights and an eval-mode model is far worse than the trained one; this catches them up.
+    """
+    was_training = module.training
+    module.train()
+    with torch.no_grad():
+        for index, batch in enumerate(loader(dataset, batch_size, seed=seed)):
+            if index == RECALIBRATION_BATCHES:
+                break
+            module(batch_parts(batch)[0].to(device))
+    module.train(was_training)
 
 
 def evaluate(

@@ -1,0 +1,90 @@
+"""Where a shrink run stands, saved after every epoch so that ``--resume`` continues from it.
+
+The state holds the current model (structure and weights, as ONNX bytes), the optimizer's
+state, lambda, the report so far and the phase, round and next epoch. It is written
+atomically (a temp file renamed over the old one), so an interruption at any moment leaves
+the previous complete checkpoint. A fingerprint of the run's inputs (model file, target,
+data) guards against resuming a different run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from morphcli.errors import MorphError
+
+CHECKPOINT_NAME = "checkpoint.pt"
+LEARN, FINETUNE = "learn", "finetune"
+
+
+@dataclass
+class ShrinkState:
+    """A run's position: ``phase`` (learn or finetune), 1-based ``round``, the next ``epoch``
+    to run in the phase, and what training needs to continue."""
+
+    phase: str
+    round: int
+    epoch: int
+    proto: bytes
+    report: dict[str, Any]
+    optimizer: dict | None = None
+    strength: dict | None = None
+
+    def __str__(self) -> str:
+        where = f"round {self.round} structure learning" if self.phase == LEARN else "fine-tuning"
+        return f"{where}, epoch {self.epoch + 1}"
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes (hex)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_state(
+    work_dir: str | os.PathLike, fingerprint: dict[str, Any], state: ShrinkState
+) -> None:
+    """Write the checkpoint atomically into ``work_dir`` (created if needed)."""
+    folder = Path(work_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=".checkpoint.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            torch.save({"fingerprint": fingerprint, "state": asdict(state)}, stream)
+        os.replace(tmp, folder / CHECKPOINT_NAME)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_state(work_dir: str | os.PathLike, fingerprint: dict[str, Any]) -> ShrinkState:
+    """The checkpoint in ``work_dir``; it must have been written by a run with ``fingerprint``.
+
+    Raises:
+        MorphError: no checkpoint, an unreadable one, or one of a different run.
+    """
+    path = Path(work_dir) / CHECKPOINT_NAME
+    if not path.exists():
+        raise MorphError(f"--resume: no checkpoint in {work_dir}")
+    try:
+        saved = torch.load(path, weights_only=False)
+    except Exception as error:
+        raise MorphError(f"--resume: unreadable checkpoint ({error})", file=str(path)) from None
+    differs = [k for k in fingerprint if saved["fingerprint"].get(k) != fingerprint[k]]
+    if differs:
+        raise MorphError(
+            f"--resume: the checkpoint belongs to another run ({', '.join(differs)} differ)",
+            file=str(path),
+        )
+    return ShrinkState(**saved["state"])
