@@ -4,11 +4,13 @@ those channels forced to zero, and a widened model computes the original's funct
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -23,6 +25,7 @@ from tests.conftest import input_shapes_for, real_model_paths, sample_model_path
 # every channel matter, and their final Softmax is dropped so the logits are compared.
 GRAPH_ONLY_PREFIX = "onnx_light_"
 TOLERANCE = 1e-4
+NOISE_FACTOR = 4.0
 
 
 def _without_final_softmax(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -107,16 +110,44 @@ def masked_reference(model: Model, cg: ChannelGraph, copies: list[np.ndarray]) -
     return dataclasses.replace(model, graph=graph).to_proto()
 
 
-def assert_outputs_close(want: dict, got: dict, label: str) -> None:
-    """max |want - got| < TOLERANCE * scale, scale = the largest |output| of the model."""
+def assert_outputs_close(
+    want: dict, got: dict, label: str, noise: Callable[[], float] | None = None
+) -> None:
+    """max |want - got| < TOLERANCE * scale, scale = the largest |output| of the model.
+
+    ``noise`` (called only when that fails) gives the model's own float32 noise: where
+    4x that is larger, it is the tolerance (a sensitive model on random inputs).
+    """
     scale = max(float(np.abs(v).max()) for v in want.values()) or 1.0
+    tolerance = TOLERANCE * scale
+    worst = max(float(np.abs(v.astype(np.float64) - got[k]).max()) for k, v in want.items())
+    if worst >= tolerance and noise is not None:
+        tolerance = max(tolerance, NOISE_FACTOR * noise())
     for name, value in want.items():
         diff = np.abs(value.astype(np.float64) - got[name])
-        worst = np.unravel_index(int(np.argmax(diff)), diff.shape)
-        assert diff.max() < TOLERANCE * scale, (
-            f"{label}: output {name} differs by {diff.max():.3g} at {worst} "
-            f"(scale {scale:.3g}, tolerance {TOLERANCE * scale:.3g})"
+        where = np.unravel_index(int(np.argmax(diff)), diff.shape)
+        assert diff.max() < tolerance, (
+            f"{label}: output {name} differs by {diff.max():.3g} at {where} "
+            f"(scale {scale:.3g}, tolerance {tolerance:.3g})"
         )
+
+
+def float32_noise(proto: onnx.ModelProto, model: Model, seed: int = 3) -> float:
+    """How far the model's own outputs move between onnxruntime's optimised and plain
+    kernels: the float32 rounding noise any rewrite of the model is up against."""
+    feeds = dummy_inputs(proto, model.input_shapes, seed)
+    outputs = []
+    for level in (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    ):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = level
+        sess = ort.InferenceSession(
+            proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+        outputs.append(sess.run(None, feeds))
+    return max(float(np.abs(a - b).max()) for a, b in zip(*outputs, strict=True))
 
 
 def run(proto: onnx.ModelProto, model: Model, seed: int = 3) -> dict[str, np.ndarray]:

@@ -91,7 +91,7 @@ class ConvRule(OpRule):
         if int(attr(node, "group", 1)) != 1 or not isinstance(weight, gs.Constant):
             return None
         w = np.asarray(weight.values, dtype=np.float64)
-        delta = np.einsum("oi...,i->o", w, values)
+        delta = np.einsum("oik,i->o", w.reshape(*w.shape[:2], -1), values)
         return delta, _pointwise(w.shape[2:], node)
 
     def add_to_output(self, node: gs.Node, delta: np.ndarray, ctx) -> None:
@@ -132,7 +132,7 @@ class ConvTransposeRule(OpRule):
         if int(attr(node, "group", 1)) != 1 or not isinstance(weight, gs.Constant):
             return None
         w = np.asarray(weight.values, dtype=np.float64)
-        delta = np.einsum("io...,i->o", w, values)
+        delta = np.einsum("iok,i->o", w.reshape(*w.shape[:2], -1), values)
         unit_strides = all(s == 1 for s in ints(attr(node, "strides", [])))
         no_extra = not any(ints(attr(node, "output_padding", [])))
         exact = _pointwise(w.shape[2:], node) and unit_strides and no_extra

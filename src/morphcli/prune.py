@@ -1,0 +1,223 @@
+"""Prune without training: which channels go, by ratio or to a resource target.
+
+Both rank a group's channels by importance (``importance.class_importance``). A target is
+met greedily: channels are removed in order of importance per unit of cost (importance over
+the group's per-channel cost at full width), in units that keep every width a multiple of
+``round_to``; the shortest prefix of that order that meets the target is found by bisection
+over the cost model, so the result lands just under the target.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from morphcli.channels import ChannelGraph, build_channel_graph
+from morphcli.cost import CostModel, build_cost_model, parse_target
+from morphcli.dead import find_dead
+from morphcli.errors import EXIT_BUDGET, MorphError
+from morphcli.importance import class_importance, copies_for_widths, rounded_width
+from morphcli.model import load_model
+from morphcli.resize import check_output_path, resize
+
+# A target is met when the result costs between this fraction of it and all of it.
+LANDING = 0.98
+
+
+def ratio_widths(cg: ChannelGraph, ratio: float, round_to: int = 1) -> np.ndarray:
+    """Every removable group keeps ``round(ratio * width)`` channels (at least 1), rounded to
+    a multiple of ``round_to``; pinned groups keep their width."""
+    if not 0 < ratio <= 1:
+        raise MorphError(f"bad --ratio {ratio}: must be in (0, 1]")
+    return np.array(
+        [
+            rounded_width(ratio * g.width, g.width, round_to) if g.prunable else g.width
+            for g in cg.groups
+        ],
+        dtype=np.int64,
+    )
+
+
+def _units(importance: np.ndarray, width: int, round_to: int) -> list[tuple[np.ndarray, float]]:
+    """A group's removal units, least important first: (class indices, mean importance).
+
+    With ``round_to`` N > 1 the first unit brings the width down to a multiple of N and each
+    next one removes N, down to N; a group narrower than N keeps its width.
+    """
+    order = np.argsort(np.asarray(importance), kind="stable")
+    if round_to == 1:
+        return [(order[i : i + 1], float(importance[order[i]])) for i in range(width - 1)]
+    if width < round_to:
+        return []
+    sizes = ([width % round_to] if width % round_to else []) + [round_to] * (width // round_to - 1)
+    units, start = [], 0
+    for size in sizes:
+        picked = order[start : start + size]
+        units.append((picked, float(np.mean(importance[picked]))))
+        start += size
+    return units
+
+
+def target_copies(
+    cm: CostModel,
+    cg: ChannelGraph,
+    importance: list[np.ndarray],
+    kind: str,
+    target: float,
+    round_to: int = 1,
+) -> list[np.ndarray]:
+    """Copy counts (0 or 1) whose cost is the largest not above ``target``, greedily.
+
+    Raises:
+        MorphError: exit code 1 when even the narrowest widths cost more than the target
+            (the message names that smallest reachable cost).
+    """
+    per_channel = cm.per_channel(kind)
+    units: list[tuple[float, int, int, np.ndarray]] = []
+    for group, score in zip(cg.groups, importance, strict=True):
+        if not group.prunable or per_channel[group.id] <= 0:
+            continue
+        for k, (picked, mean) in enumerate(_units(score, group.width, round_to)):
+            units.append((mean / per_channel[group.id], group.id, k, picked))
+    units.sort(key=lambda u: (u[0], u[1], u[2]))
+    groups = np.array([u[1] for u in units], dtype=np.int64)
+    sizes = np.array([len(u[3]) for u in units], dtype=np.float64)
+    widths = cm.widths.astype(np.float64)
+
+    def cost(k: int) -> float:
+        removed = np.bincount(groups[:k], weights=sizes[:k], minlength=len(widths))
+        return cm.resource(kind, widths - removed)
+
+    if cost(len(units)) > target:
+        raise MorphError(
+            f"the target {kind} {target:.4g} is unreachable: the smallest reachable is "
+            f"{cost(len(units)):.4g} (every removable group at its narrowest)",
+            exit_code=EXIT_BUDGET,
+        )
+    low, high = 0, len(units)  # cost(high) <= target; find the least such k
+    while low < high:
+        mid = (low + high) // 2
+        if cost(mid) <= target:
+            high = mid
+        else:
+            low = mid + 1
+    chosen = list(range(max(low - 1, 0)))
+    if low:
+        chosen += _landing(units, chosen, widths, kind, target, cm)
+    copies = [np.ones(g.width, dtype=np.int64) for g in cg.groups]
+    for i in chosen:
+        copies[units[i][1]][units[i][3]] = 0
+    return copies
+
+
+def _landing(
+    units: list, taken: list[int], widths: np.ndarray, kind: str, target: float, cm: CostModel
+) -> list[int]:
+    """The last units to remove: the shortest importance prefix overshoots by up to one unit,
+    so finish with the groups' next units instead. Take one that lands in
+    [LANDING * target, target] if there is one (closest to the target), else the smallest
+    step that stays above the target and look again, else the closest landing below."""
+    removed = np.zeros(len(widths))
+    for i in taken:
+        removed[units[i][1]] += len(units[i][3])
+    done = set(taken)
+    extra: list[int] = []
+    while True:
+        steps = []
+        seen: set[int] = set()
+        for i, (_, gid, _, picked) in enumerate(units):
+            if i in done or gid in seen:
+                continue
+            seen.add(gid)
+            alive = widths - removed
+            alive[gid] -= len(picked)
+            steps.append((cm.resource(kind, alive), i))
+        under = [s for s in steps if s[0] <= target]
+        over = [s for s in steps if s[0] > target]
+        best = max(under) if under else None
+        if best is not None and (best[0] >= LANDING * target or not over):
+            pick = best[1]
+        elif over:
+            pick = max(over)[1]
+        else:
+            return extra
+        extra.append(pick)
+        done.add(pick)
+        removed[units[pick][1]] += len(units[pick][3])
+        if best is not None and pick == best[1]:
+            return extra
+
+
+def ratio_copies(
+    cg: ChannelGraph, importance: list[np.ndarray], ratio: float, round_to: int = 1
+) -> list[np.ndarray]:
+    """Copy counts keeping the most important ``ratio_widths`` channels of every group."""
+    return copies_for_widths(cg, importance, ratio_widths(cg, ratio, round_to))
+
+
+def run_prune(
+    model_path: str,
+    output_path: str,
+    *,
+    input_shapes: dict[str, list[int]] | None = None,
+    threshold: float = 1e-3,
+    allow_approximate: bool = False,
+    target: tuple[str, str] | None = None,
+    ratio: float | None = None,
+    round_to: int = 1,
+) -> dict[str, Any]:
+    """``morphnet prune``: remove dead channels (default), a ratio, or down to a target.
+
+    Args:
+        model_path: The input ONNX file (only read).
+        output_path: Where the result is written (atomically); must not be the input.
+        input_shapes: Concrete shapes for dynamic input dims. Defaults to None.
+        threshold: Dead mode: a BN scale under this (absolute) counts as zero. Defaults to 1e-3.
+        allow_approximate: Dead mode: also remove constant channels whose fold is inexact.
+        target: ("flops" or "params", the flag's text such as "50%"). Defaults to None.
+        ratio: Keep this fraction of every removable group. Defaults to None.
+        round_to: Every changed width a multiple of this. Defaults to 1.
+
+    Returns:
+        The report document (see ``report_widths.width_report``).
+
+    Raises:
+        MorphError: bad input (exit 2) or an unreachable target (exit 1).
+    """
+    check_output_path(model_path, output_path)
+    if target is not None and ratio is not None:
+        raise MorphError("give one of --target-flops, --target-params and --ratio")
+    if round_to < 1:
+        raise MorphError(f"bad --round-to {round_to}: must be >= 1")
+    if threshold < 0:
+        raise MorphError(f"bad --threshold {threshold}: must be >= 0")
+    model = load_model(model_path, input_shapes)
+    cg = build_channel_graph(model)
+    cm = build_cost_model(model, cg)
+    if target is not None:
+        kind, text = target
+        value = parse_target(text, cm.resource(kind), f"--target-{kind}")
+        copies = target_copies(cm, cg, class_importance(model, cg), kind, value, round_to)
+        extra = {"target": {"kind": kind, "value": round(value)}}
+        return resize("prune", model, cg, cm, copies, output_path, mode="target", **extra)
+    if ratio is not None:
+        copies = ratio_copies(cg, class_importance(model, cg), ratio, round_to)
+        return resize("prune", model, cg, cm, copies, output_path, mode="ratio", ratio=ratio)
+    plan = find_dead(model, cg, threshold, allow_approximate)
+    copies = [np.ones(g.width, dtype=np.int64) for g in cg.groups]
+    for counts, removed in zip(copies, plan.removed, strict=True):
+        counts[removed] = 0
+    return resize(
+        "prune",
+        model,
+        cg,
+        cm,
+        copies,
+        output_path,
+        output_deltas=plan.output_deltas,
+        mode="dead",
+        threshold=threshold,
+        folded=plan.folded,
+        kept=[{"group": k.group, "index": k.index, "reason": k.reason} for k in plan.kept],
+    )
