@@ -18,6 +18,7 @@ import onnx_graphsurgeon as gs
 if TYPE_CHECKING:
     from morphcli.channels import ChannelBuilder
     from morphcli.surgery import RewriteContext
+    from morphcli.wrapper import TorchContext
 
 Shape = tuple[int, ...]
 
@@ -57,9 +58,24 @@ class OpRule:
         """FLOPs (2 * multiply-accumulates, batch 1) as terms over channel counts."""
         return []
 
-    def torch_op(self, node: gs.Node) -> Callable[..., Any]:
-        """A callable running the node in torch: ``fn(*inputs) -> tuple of outputs``."""
+    def torch_op(self, node: gs.Node, ctx: TorchContext) -> Callable[..., Any]:
+        """A callable running the node in torch: ``fn(*inputs) -> tuple of outputs``.
+
+        Called once when the module is built: attributes and constant shape-like inputs are
+        parsed here, so the callable does only tensor work. It takes the node's inputs in
+        order (None for an absent optional input) and may read ``ctx.training`` when called.
+        Raises NotImplementedError (with the reason) for an op or attribute it cannot run.
+        """
         raise NotImplementedError(f"no torch implementation for {node.op}")
+
+    def state_inputs(self, node: gs.Node) -> tuple[int, ...]:
+        """Inputs holding running state the op updates in place while training (BN statistics)."""
+        return ()
+
+    def trainable_input(self, node: gs.Node, index: int) -> bool:
+        """Whether a float constant at input ``index`` is a weight to train rather than a
+        setting (Clip bounds, Resize scales, Pad value) or a shape."""
+        return True
 
     def rewrite(self, node: gs.Node, ctx: RewriteContext) -> None:
         """Rewrite attributes and shape-like inputs after the channels changed."""
@@ -112,3 +128,14 @@ def normalize_axis(axis: int, rank: int) -> int:
 
 def ints(values: Sequence[Any] | np.ndarray) -> list[int]:
     return [int(v) for v in np.asarray(values).reshape(-1)]
+
+
+def const_ints(node: gs.Node, index: int) -> list[int] | None:
+    """A constant shape-like input as ints; None when it is absent or computed."""
+    value = const_value(input_at(node, index))
+    return None if value is None else ints(value)
+
+
+def tensor_ints(tensor: Any) -> list[int]:
+    """A runtime shape-like tensor (a torch tensor from a shape computation) as ints."""
+    return [int(v) for v in tensor.reshape(-1).tolist()]

@@ -7,10 +7,21 @@ through (a Concat's inputs then share their channels).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from morphcli.ops.base import OpRule, attr, input_at, ints, normalize_axis
+from morphcli.ops.base import (
+    OpRule,
+    attr,
+    const_ints,
+    const_value,
+    input_at,
+    ints,
+    normalize_axis,
+    tensor_ints,
+)
 
 
 class ConcatRule(OpRule):
@@ -40,6 +51,12 @@ class ConcatRule(OpRule):
             segments.append(slots)
         ctx.define(out, np.concatenate(segments), axis=axis)
 
+    def torch_op(self, node: gs.Node, ctx) -> Callable:
+        import torch
+
+        axis = int(attr(node, "axis"))
+        return lambda *xs: (torch.cat(xs, axis),)
+
 
 class SplitRule(OpRule):
     op_types = ("Split",)
@@ -59,6 +76,25 @@ class SplitRule(OpRule):
             size = ctx.shape(out.name)[axis]
             ctx.define(out, slots[start : start + size], axis=axis)
             start += size
+
+    def torch_op(self, node: gs.Node, ctx) -> Callable:
+        """Sizes from ``split`` (attribute before opset 13, input since), else equal parts
+        of ceil(dim / outputs), the last one smaller (opset 18 ``num_outputs``)."""
+        import torch
+
+        axis, count = int(attr(node, "axis", 0)), len(node.outputs)
+        split = attr(node, "split")
+        sizes = ints(split) if split is not None else const_ints(node, 1)
+
+        def split_op(x, split_input=None):
+            parts = sizes or (tensor_ints(split_input) if split_input is not None else None)
+            if not parts:
+                dim = x.shape[axis]
+                chunk = -(-dim // count)
+                parts = [chunk] * (count - 1) + [dim - chunk * (count - 1)]
+            return torch.split(x, parts, axis)
+
+        return split_op
 
     def rewrite(self, node: gs.Node, ctx) -> None:
         """Split sizes become the outputs' new channel counts: the ``split`` attribute before
@@ -110,6 +146,38 @@ class SliceRule(OpRule):
             # A strided channel slice keeps every k-th channel: removing one shifts the rest.
             ctx.pin(x, f"Slice with step {steps[i]} on the channel axis")
         ctx.define(out, slots[slice(starts[i], ends[i], steps[i])], axis=channel_axis)
+
+    def torch_op(self, node: gs.Node, ctx) -> Callable:
+        """Bounds clamp as ONNX says (Python's slice rules are the same); a negative step
+        slices forwards and flips, since torch slicing takes positive steps only."""
+        if "starts" in node.attrs:
+            fixed = [ints(node.attrs["starts"]), ints(node.attrs["ends"])]
+            fixed += [ints(node.attrs["axes"]) if "axes" in node.attrs else None, None]
+        else:
+            fixed = [const_ints(node, index) for index in (1, 2, 3, 4)]
+
+        def slice_op(x, *inputs):
+            given = [*inputs, None, None, None, None][:4]
+            starts, ends, axes, steps = [
+                tensor_ints(tensor) if value is None and tensor is not None else value
+                for value, tensor in zip(fixed, given, strict=True)
+            ]
+            rank = x.dim()
+            axes = range(len(starts)) if axes is None else axes
+            index, flips = [slice(None)] * rank, []
+            for i, axis in enumerate(axes):
+                axis = normalize_axis(axis, rank)
+                step = 1 if steps is None else steps[i]
+                kept = range(x.shape[axis])[starts[i] : ends[i] : step]
+                if step > 0 or not kept:
+                    index[axis] = slice(kept.start, kept.stop, step) if kept else slice(0, 0)
+                else:
+                    index[axis] = slice(kept[-1], kept[0] + 1, -step)
+                    flips.append(axis)
+            y = x[tuple(index)]
+            return (y.flip(flips) if flips else y,)
+
+        return slice_op
 
     def rewrite(self, node: gs.Node, ctx) -> None:
         """A channel-axis slice's bounds become its block of the new input channels."""
@@ -173,6 +241,26 @@ class GatherRule(OpRule):
             ctx.define(out, slots[picked.astype(np.int64)], axis=channel_axis)
         else:
             ctx.pin(x, "Gather across the channel axis")
+
+    def torch_op(self, node: gs.Node, ctx) -> Callable:
+        """np.take(data, indices, axis): negative indices count from the end; a constant
+        scalar index is a ``select``."""
+        import torch
+
+        axis = int(attr(node, "axis", 0))
+        picked = const_value(node.inputs[1])
+        if picked is not None and picked.ndim == 0:
+            position = int(picked)
+            return lambda x, indices: (x.select(axis, position),)
+
+        def gather(x, indices):
+            dim = normalize_axis(axis, x.dim())
+            flat = indices.reshape(-1)
+            flat = torch.where(flat < 0, flat + x.shape[dim], flat)
+            y = x.index_select(dim, flat)
+            return (y.reshape(*x.shape[:dim], *indices.shape, *x.shape[dim + 1 :]),)
+
+        return gather
 
     def rewrite(self, node: gs.Node, ctx) -> None:
         """Channel indices point at the new input channels: copy r of old channel i."""

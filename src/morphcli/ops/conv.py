@@ -27,6 +27,44 @@ def is_depthwise(node: gs.Node, in_channels: int, out_channels: int) -> bool:
     return group > 1 and group == in_channels and out_channels % in_channels == 0
 
 
+def conv_geometry(node: gs.Node, ctx) -> tuple[list[int], list[int], list[int]]:
+    """(kernel, strides, dilations) of a Conv, ConvTranspose or pooling node."""
+    kernel = attr(node, "kernel_shape")
+    if kernel is None:
+        kernel = ctx.shape(node.inputs[1].name)[2:]
+    n = len(kernel)
+    strides = ints(attr(node, "strides", [1] * n))
+    return ints(kernel), strides, ints(attr(node, "dilations", [1] * n))
+
+
+def same_pads(
+    mode: str, sizes: Sequence[int], kernel: list[int], strides: list[int], dilations: list[int]
+) -> tuple[list[int], list[int]]:
+    """``auto_pad`` SAME_UPPER / SAME_LOWER: total = (ceil(in / s) - 1) * s + (k - 1) * d + 1
+    - in, so that out = ceil(in / s); SAME_UPPER puts the odd pixel at the end."""
+    begins, ends = [], []
+    for size, k, s, d in zip(sizes, kernel, strides, dilations, strict=True):
+        total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
+        begin = total // 2 if mode == "SAME_UPPER" else total - total // 2
+        begins.append(begin)
+        ends.append(total - begin)
+    return begins, ends
+
+
+def explicit_pads(node: gs.Node, n: int) -> tuple[list[int], list[int]] | None:
+    """(begins, ends) from ``pads`` (or zeros for VALID); None for a SAME ``auto_pad``."""
+    mode = attr(node, "auto_pad", "NOTSET")
+    if mode in ("SAME_UPPER", "SAME_LOWER"):
+        return None
+    pads = [0] * 2 * n if mode == "VALID" else ints(attr(node, "pads", [0] * 2 * n))
+    return pads[:n], pads[n:]
+
+
+def torch_pads(begins: Sequence[int], ends: Sequence[int]) -> tuple[int, ...]:
+    """ONNX (begins, ends) per spatial axis as ``F.pad`` pairs, last axis first."""
+    return tuple(p for b, e in zip(reversed(begins), reversed(ends), strict=True) for p in (b, e))
+
+
 def _pointwise(kernel: Sequence[int], node: gs.Node) -> bool:
     """A 1x1 kernel without explicit padding: every output reads exactly one input pixel.
 
@@ -97,6 +135,35 @@ class ConvRule(OpRule):
     def add_to_output(self, node: gs.Node, delta: np.ndarray, ctx) -> None:
         _add_bias(node, delta, ctx)
 
+    def torch_op(self, node: gs.Node, ctx) -> Callable:
+        import torch.nn.functional as F
+
+        kernel, strides, dilations = conv_geometry(node, ctx)
+        conv = (F.conv1d, F.conv2d, F.conv3d)[len(kernel) - 1]
+        group = int(attr(node, "group", 1))
+        pads = explicit_pads(node, len(kernel))
+        if pads is None:
+            mode = attr(node, "auto_pad")
+
+            def same(x, w, b=None):
+                pads = same_pads(mode, x.shape[2:], kernel, strides, dilations)
+                return (conv(F.pad(x, torch_pads(*pads)), w, b, strides, 0, dilations, group),)
+
+            return same
+        begins, ends = pads
+        if begins == ends:
+
+            def symmetric(x, w, b=None):
+                return (conv(x, w, b, strides, begins, dilations, group),)
+
+            return symmetric
+        pre = torch_pads(begins, ends)
+
+        def asymmetric(x, w, b=None):
+            return (conv(F.pad(x, pre), w, b, strides, 0, dilations, group),)
+
+        return asymmetric
+
 
 class ConvTransposeRule(OpRule):
     op_types = ("ConvTranspose",)
@@ -140,6 +207,53 @@ class ConvTransposeRule(OpRule):
 
     def add_to_output(self, node: gs.Node, delta: np.ndarray, ctx) -> None:
         _add_bias(node, delta, ctx)
+
+    def torch_op(self, node: gs.Node, ctx) -> Callable:
+        """Symmetric ``pads`` run as torch's padding; ``output_shape``, SAME and asymmetric
+        pads run the full transposed conv and crop: total = full + output_padding - out,
+        SAME_UPPER (and explicit pads) putting ``begin`` pixels at the start."""
+        import torch.nn.functional as F
+
+        kernel, strides, dilations = conv_geometry(node, ctx)
+        n = len(kernel)
+        conv = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[n - 1]
+        group = int(attr(node, "group", 1))
+        extra = ints(attr(node, "output_padding", [0] * n))
+        output_shape = attr(node, "output_shape")
+        pads = explicit_pads(node, n)
+        fits = all(e < max(s, d) for e, s, d in zip(extra, strides, dilations, strict=True))
+        if output_shape is None and pads is not None and pads[0] == pads[1] and fits:
+            begins = pads[0]
+
+            def direct(x, w, b=None):
+                return (conv(x, w, b, strides, begins, extra, group, dilations),)
+
+            return direct
+        mode = attr(node, "auto_pad", "NOTSET")
+        wanted = None if output_shape is None else ints(output_shape)[-n:]
+
+        def crops(x, full) -> tuple[list[int], list[int]]:
+            """Pixels to cut from the start and end of ``full`` + output_padding zeros."""
+            if wanted is None and pads is not None:
+                return pads
+            begins, ends = [], []
+            for i, size in enumerate(full.shape[2:]):
+                want = wanted[i] if wanted else x.shape[2 + i] * strides[i]
+                total = max(size + extra[i] - want, 0)
+                begins.append(total // 2 if mode == "SAME_UPPER" else total - total // 2)
+                ends.append(total - begins[-1])
+            return begins, ends
+
+        def cropped(x, w, b=None):
+            full = conv(x, w, None, strides, 0, 0, group, dilations)
+            begins, ends = crops(x, full)
+            keep = [e - end for e, end in zip(extra, ends, strict=True)]
+            y = F.pad(full, torch_pads([-p for p in begins], keep))
+            if b is not None:
+                y = y + b.reshape(1, -1, *[1] * n)
+            return (y,)
+
+        return cropped
 
 
 RULES = [ConvRule(), ConvTransposeRule()]

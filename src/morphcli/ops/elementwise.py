@@ -7,6 +7,9 @@ wide as the channels is a per-channel parameter that follows them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import reduce
+
 import onnx_graphsurgeon as gs
 
 from morphcli.ops.base import OpRule, aligned_axis
@@ -53,6 +56,36 @@ class JoinRule(OpRule):
             own_axis = aligned_axis(rank, value.ndim, axis)
             if own_axis is not None and value.shape[own_axis] == width:
                 ctx.follow(index, own_axis, out, "param")
+
+    def torch_op(self, node: gs.Node, ctx) -> Callable:
+        """Numpy broadcasting; integer Div truncates; Pow keeps the base's type."""
+        import torch
+
+        def div(a, b):
+            return a / b if a.is_floating_point() else torch.div(a, b, rounding_mode="trunc")
+
+        def power(a, b):
+            y = torch.pow(a, b)
+            return y if y.dtype == a.dtype else y.to(a.dtype)
+
+        binary = {
+            "Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Div": div, "Pow": power,
+            "PRelu": lambda x, slope: torch.where(x < 0, x * slope, x),
+        }  # fmt: skip
+        variadic = {"Sum": torch.add, "Max": torch.maximum, "Min": torch.minimum, "Mean": torch.add}
+        if node.op == "Where":
+            return lambda condition, a, b: (torch.where(condition, a, b),)
+        if node.op in variadic:
+            fn, count = variadic[node.op], len(node.inputs)
+            mean = node.op == "Mean"
+
+            def fold(*xs):
+                y = reduce(fn, xs)
+                return (y / count if mean else y,)
+
+            return fold
+        fn = binary[node.op]
+        return lambda a, b: (fn(a, b),)
 
 
 RULES = [JoinRule()]

@@ -67,6 +67,32 @@ class GemmRule(OpRule):
         base = np.asarray(bias.values, dtype=np.float64)
         ctx.set_input(node, 2, (base + delta / beta).astype(dtype))
 
+    def torch_op(self, node: gs.Node, ctx) -> Callable:
+        """Y = alpha * A' B' + beta * C; with alpha = beta = 1 and a 1-D C, ``F.linear``
+        (a transB weight is already torch's [out, in] layout)."""
+        import torch.nn.functional as F
+
+        trans_a, trans_b = int(attr(node, "transA", 0)), int(attr(node, "transB", 0))
+        alpha, beta = float(attr(node, "alpha", 1.0)), float(attr(node, "beta", 1.0))
+        c = input_at(node, 2)
+        c_rank = 0 if c is None else len(ctx.shape(c.name) or (0, 0))
+        if alpha == 1.0 and beta == 1.0 and c_rank <= 1:
+
+            def linear(a, b, c=None):
+                return (F.linear(a.t() if trans_a else a, b if trans_b else b.t(), c),)
+
+            return linear
+
+        def general(a, b, c=None):
+            y = (a.t() if trans_a else a) @ (b.t() if trans_b else b)
+            if alpha != 1.0:
+                y = y * alpha
+            if c is not None:
+                y = y + (c * beta if beta != 1.0 else c)
+            return (y,)
+
+        return general
+
 
 class MatMulRule(OpRule):
     op_types = ("MatMul",)
@@ -114,6 +140,14 @@ class MatMulRule(OpRule):
                 outputs=[out],
             )
         )
+
+    def torch_op(self, node: gs.Node, ctx) -> Callable:
+        import torch
+
+        def matmul(a, b):
+            return (torch.matmul(a, b),)
+
+        return matmul
 
 
 RULES = [GemmRule(), MatMulRule()]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import onnx_graphsurgeon as gs
 
-from morphcli.ops.base import OpRule, input_at
+from morphcli.ops.base import OpRule, attr, input_at
 
 
 class BatchNormRule(OpRule):
@@ -21,6 +23,36 @@ class BatchNormRule(OpRule):
             if isinstance(input_at(node, index), gs.Constant):
                 ctx.follow(index, 0, out, "scale" if index == 1 else "param")
 
+    def state_inputs(self, node: gs.Node) -> tuple[int, ...]:
+        """BatchNormalization's running mean and variance."""
+        return (3, 4) if node.op == "BatchNormalization" else ()
+
+    def torch_op(self, node: gs.Node, ctx) -> Callable:
+        """Training (``ctx.training`` or the op's ``training_mode``) normalises with batch
+        statistics and updates the running ones in place: running = momentum * running +
+        (1 - momentum) * batch (torch's momentum is ONNX's 1 - momentum)."""
+        import torch.nn.functional as F
+
+        eps = float(attr(node, "epsilon", 1e-5))
+        if node.op == "InstanceNormalization":
+
+            def instance_norm(x, scale, bias):
+                return (F.instance_norm(x, weight=scale, bias=bias, eps=eps),)
+
+            return instance_norm
+        if not int(attr(node, "spatial", 1)):
+            raise NotImplementedError("BatchNormalization with spatial=0")
+        if sum(1 for t in node.outputs if t.name) > 1:
+            raise NotImplementedError("BatchNormalization with running-statistics outputs")
+        momentum = 1.0 - float(attr(node, "momentum", 0.9))
+        always = bool(attr(node, "training_mode", 0))
+
+        def batch_norm(x, scale, bias, mean, var):
+            training = always or ctx.training
+            return (F.batch_norm(x, mean, var, scale, bias, training, momentum, eps),)
+
+        return batch_norm
+
 
 class LrnRule(OpRule):
     """Local response normalisation sums over neighbouring channels: its channels are pinned."""
@@ -31,6 +63,24 @@ class LrnRule(OpRule):
         x, out = node.inputs[0], node.outputs[0]
         ctx.pin(x, "LRN normalises across neighbouring channels")
         ctx.alias(out, x)
+
+    def torch_op(self, node: gs.Node, ctx) -> Callable:
+        """y = x / (bias + alpha / size * sum of x^2 over channels [c - floor((size - 1) / 2),
+        c + ceil((size - 1) / 2)])^beta (torch's own LRN centres even windows the other way)."""
+        import torch.nn.functional as F
+
+        size = int(attr(node, "size"))
+        alpha, beta = float(attr(node, "alpha", 1e-4)), float(attr(node, "beta", 0.75))
+        bias = float(attr(node, "bias", 1.0))
+        front = (size - 1) // 2
+
+        def lrn(x):
+            squares = (x * x).reshape(x.shape[0], 1, x.shape[1], -1)
+            padded = F.pad(squares, (0, 0, front, size - 1 - front))
+            mean = F.avg_pool2d(padded, (size, 1), stride=1).reshape(x.shape)
+            return (x / (mean * alpha + bias) ** beta,)
+
+        return lrn
 
 
 RULES = [BatchNormRule(), LrnRule()]

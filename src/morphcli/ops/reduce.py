@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import onnx_graphsurgeon as gs
 
-from morphcli.ops.base import OpRule, attr, input_at, ints, normalize_axis
+from morphcli.ops.base import (
+    OpRule,
+    attr,
+    const_ints,
+    input_at,
+    ints,
+    normalize_axis,
+    tensor_ints,
+)
 
 
 class ReduceRule(OpRule):
@@ -39,6 +49,59 @@ class ReduceRule(OpRule):
             ctx.alias(out, x)
         else:
             ctx.pin(x, f"{node.op} drops an axis before the channel axis")
+
+    def torch_op(self, node: gs.Node, ctx) -> Callable:
+        """Axes are an attribute in older opsets, an input since (ReduceSum 13, the others
+        18); no axes reduce everything unless noop_with_empty_axes."""
+        import torch
+
+        keep = bool(attr(node, "keepdims", 1))
+        if node.op in ("ArgMax", "ArgMin"):
+            return _arg_reduce(node, keep)
+        reducers = {
+            "ReduceMean": lambda x, dims: x.mean(dims, keepdim=keep),
+            "ReduceSum": lambda x, dims: x.sum(dims, keepdim=keep),
+            "ReduceMax": lambda x, dims: x.amax(dims, keepdim=keep),
+            "ReduceMin": lambda x, dims: x.amin(dims, keepdim=keep),
+            "ReduceL1": lambda x, dims: x.abs().sum(dims, keepdim=keep),
+            "ReduceL2": lambda x, dims: (x * x).sum(dims, keepdim=keep).sqrt(),
+            "ReduceSumSquare": lambda x, dims: (x * x).sum(dims, keepdim=keep),
+            "ReduceLogSumExp": lambda x, dims: torch.logsumexp(x, dims, keepdim=keep),
+        }
+
+        def product(x, dims):
+            for dim in sorted(dims, reverse=True):
+                x = x.prod(dim, keepdim=keep)
+            return x
+
+        fn = reducers.get(node.op, product)
+        given = ints(node.attrs["axes"]) if "axes" in node.attrs else const_ints(node, 1)
+        noop = bool(attr(node, "noop_with_empty_axes", 0))
+
+        def reduce(x, axes_input=None):
+            axes = given if given is not None or axes_input is None else tensor_ints(axes_input)
+            if not axes:
+                if noop:
+                    return (x,)
+                axes = range(x.dim())
+            return (fn(x, tuple(normalize_axis(a, x.dim()) for a in axes)),)
+
+        return reduce
+
+
+def _arg_reduce(node: gs.Node, keep: bool) -> Callable:
+    """ArgMax / ArgMin: the first extreme index, or the last with select_last_index."""
+    axis = int(attr(node, "axis", 0))
+    last = bool(attr(node, "select_last_index", 0))
+    name = "argmax" if node.op == "ArgMax" else "argmin"
+
+    def arg(x):
+        if not last:
+            return (getattr(x, name)(axis, keepdim=keep),)
+        flipped = getattr(x.flip(axis), name)(axis, keepdim=keep)
+        return (x.shape[axis] - 1 - flipped,)
+
+    return arg
 
 
 RULES = [ReduceRule()]

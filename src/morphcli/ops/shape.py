@@ -9,12 +9,22 @@ shuffle) pins.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from math import prod
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from morphcli.ops.base import OpRule, attr, input_at, ints, normalize_axis
+from morphcli.ops.base import (
+    OpRule,
+    Shape,
+    attr,
+    const_ints,
+    input_at,
+    ints,
+    normalize_axis,
+    tensor_ints,
+)
 
 
 class ShapeOnlyRule(OpRule):
@@ -30,6 +40,38 @@ class ShapeOnlyRule(OpRule):
             return
         for tensor in node.inputs:
             ctx.pin(tensor, f"{node.op} reads channel values")
+
+    def trainable_input(self, node: gs.Node, index: int) -> bool:
+        return False
+
+    def torch_op(self, node: gs.Node, ctx) -> Callable:
+        """Shape and Size read the actual tensor's shape, so shape chains follow the batch."""
+        import torch
+
+        if node.op in ("Shape", "Size"):
+            start, end = int(attr(node, "start", 0)), attr(node, "end")
+            if node.op == "Size":
+                return lambda x: (torch.tensor(x.numel(), device=x.device),)
+            return lambda x: (torch.tensor(x.shape[start:end], dtype=torch.int64, device=x.device),)
+        if node.op == "ConstantOfShape":
+            value = attr(node, "value")
+            fill = np.zeros(1, np.float32) if value is None else np.asarray(value.values)
+            dtype, number = torch.from_numpy(fill).dtype, fill.reshape(-1)[0].item()
+            return lambda shape: (
+                torch.full(tensor_ints(shape), number, dtype=dtype, device=shape.device),
+            )
+        if node.op == "Range":
+            return lambda start, limit, delta: (
+                torch.arange(start.item(), limit.item(), delta.item(), dtype=start.dtype),
+            )
+        if node.op == "NonZero":
+            return lambda x: (torch.nonzero(x).t(),)
+        fn = {
+            "Equal": torch.eq, "Less": torch.lt, "Greater": torch.gt, "LessOrEqual": torch.le,
+            "GreaterOrEqual": torch.ge, "Not": torch.logical_not, "And": torch.logical_and,
+            "Or": torch.logical_or,
+        }[node.op]  # fmt: skip
+        return lambda *xs: (fn(*xs),)
 
 
 def reshape_channels(ctx, node: gs.Node, x: gs.Tensor, out: gs.Tensor) -> None:
@@ -67,6 +109,36 @@ class ReshapeRule(OpRule):
             rank = len(ctx.shape(out.name))
             if int(attr(node, "allowzero", 0)) or rank > ctx.axis(out.name) + 2:
                 ctx.pin(x, "Reshape to a computed shape that surgery could not rewrite")
+
+    def torch_op(self, node: gs.Node, ctx) -> Callable:
+        """A computed target is used as given (0 copies the input dim unless allowzero). A
+        constant one spells out the shapes of the analysis, batch included: at the analysed
+        input shape the output is the analysed one; at another batch, see ``batch_scaled``."""
+        x, out = node.inputs[0], node.outputs[0]
+        allow_zero = bool(attr(node, "allowzero", 0))
+        target = ints(node.attrs["shape"]) if "shape" in node.attrs else const_ints(node, 1)
+        analysed_in, analysed_out = ctx.shape(x.name), ctx.shape(out.name)
+
+        def resolved(x, dims: list[int]) -> list[int]:
+            if allow_zero or 0 not in dims:
+                return dims
+            return [x.shape[i] if d == 0 else d for i, d in enumerate(dims)]
+
+        if target is None or analysed_in is None or analysed_out is None:
+
+            def computed(x, shape=None):
+                dims = target if target is not None else tensor_ints(shape)
+                return (x.reshape(resolved(x, dims)),)
+
+            return computed
+
+        def constant(x, shape=None):
+            if x.shape == analysed_in:
+                return (x.reshape(analysed_out),)
+            dims = batch_scaled(x.shape, analysed_in, analysed_out)
+            return (x.reshape(dims if dims is not None else resolved(x, target)),)
+
+        return constant
 
     def rewrite(self, node: gs.Node, ctx) -> None:
         """A constant target that spells out the output's channel (or feature) count gets the
@@ -107,6 +179,41 @@ class FlattenRule(OpRule):
             return
         reshape_channels(ctx, node, x, node.outputs[0])
 
+    def torch_op(self, node: gs.Node, ctx) -> Callable:
+        axis = int(attr(node, "axis", 1))
+
+        def flatten(x):
+            start = normalize_axis(axis, x.dim())
+            return (x.reshape(prod(x.shape[:start]), prod(x.shape[start:])),)
+
+        return flatten
+
+
+def batch_scaled(shape: Shape, analysed_in: Shape, analysed_out: Shape) -> list[int] | None:
+    """The output shape of a constant-target Reshape at an input shape other than the
+    analysed one, or None to use the target as written.
+
+    Exported files spell the export batch into constant targets ([1, -1, 10], or [24, 2,
+    1936] for a channel shuffle that merges the batch). When the input differs from the
+    analysed shape in one axis ``a`` by an integer factor r (a batch of r stacked along it),
+    the output axis that starts at the same flat offset prod(in[:a]) grows by r.
+    """
+    if len(shape) != len(analysed_in):
+        return None
+    differ = [a for a, (s, t) in enumerate(zip(shape, analysed_in, strict=True)) if s != t]
+    if len(differ) != 1:
+        return None
+    axis = differ[0]
+    if analysed_in[axis] == 0 or shape[axis] % analysed_in[axis]:
+        return None
+    offset = prod(analysed_in[:axis])
+    for j in range(len(analysed_out)):
+        if prod(analysed_out[:j]) == offset:
+            out = list(analysed_out)
+            out[j] *= shape[axis] // analysed_in[axis]
+            return out
+    return None
+
 
 def _axes(node: gs.Node, ctx) -> list[int] | None:
     """Squeeze/Unsqueeze axes: an attribute before opset 13, an input since."""
@@ -144,6 +251,25 @@ class SqueezeRule(OpRule):
         else:
             ctx.pin(x, f"{node.op} moves the channel axis")
 
+    def torch_op(self, node: gs.Node, ctx) -> Callable:
+        """Axes are an attribute before opset 13, an input since; Squeeze without axes
+        drops every dim of size 1; Unsqueeze axes index the output."""
+        given = ints(node.attrs["axes"]) if "axes" in node.attrs else const_ints(node, 1)
+        squeeze = node.op == "Squeeze"
+
+        def reshaped(x, axes_input=None):
+            axes = given if given is not None or axes_input is None else tensor_ints(axes_input)
+            if squeeze:
+                if axes is None:
+                    return (x.squeeze(),)
+                return (x.squeeze(tuple(normalize_axis(a, x.dim()) for a in axes)),)
+            rank = x.dim() + len(axes)
+            for axis in sorted(normalize_axis(a, rank) for a in axes):
+                x = x.unsqueeze(axis)
+            return (x,)
+
+        return reshaped
+
 
 class TransposeRule(OpRule):
     op_types = ("Transpose",)
@@ -159,6 +285,13 @@ class TransposeRule(OpRule):
             ctx.alias(out, x)
         else:
             ctx.pin(x, "Transpose moves the channel axis")
+
+    def torch_op(self, node: gs.Node, ctx) -> Callable:
+        perm = attr(node, "perm")
+        if perm is None:
+            return lambda x: (x.permute(*reversed(range(x.dim()))),)
+        perm = ints(perm)
+        return lambda x: (x.permute(perm),)
 
 
 class BroadcastRule(OpRule):
@@ -176,6 +309,22 @@ class BroadcastRule(OpRule):
             ctx.alias(out, x)
         else:
             ctx.pin(x, f"{node.op} repeats along the channel axis")
+
+    def torch_op(self, node: gs.Node, ctx) -> Callable:
+        """Expand broadcasts both ways (numpy rules); Tile repeats each axis."""
+        import torch
+
+        fixed = const_ints(node, 1)
+        if node.op == "Tile":
+            return lambda x, repeats: (
+                x.repeat(fixed if fixed is not None else tensor_ints(repeats)),
+            )
+
+        def expand(x, shape):
+            target = fixed if fixed is not None else tensor_ints(shape)
+            return (x.expand(torch.broadcast_shapes(x.shape, target)),)
+
+        return expand
 
     def rewrite(self, node: gs.Node, ctx) -> None:
         """An Expand shape that spells out the channel count gets the new count."""
