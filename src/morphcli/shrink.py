@@ -31,7 +31,14 @@ from morphcli.progress import Progress
 from morphcli.report import human
 from morphcli.resize import check_output_path
 from morphcli.surgery import Init, apply_copies
-from morphcli.train import RAISE, Objective, Schedule, Strength, evaluate, fit, recalibrate
+from morphcli.train import (
+    Objective,
+    Schedule,
+    Strength,
+    evaluate,
+    fit,
+    recalibrate,
+)
 from morphcli.wrapper import OnnxModule
 
 # The result must land in [BAND_LOW, 1] x target.
@@ -258,8 +265,8 @@ def _initial_strength(run: Run, start_cost: float) -> Strength:
 
 
 def _train_learning(run: Run, state: ShrinkState, module, penalty, strength) -> None:
-    """The round's structure-learning epochs, then (while the alive cost is over the target)
-    up to as many again, each with lambda raised once more."""
+    """The round's structure-learning epochs, then, with lambda auto and while the alive cost
+    is over the target, up to as many again (lambda keeps rising while the cost stalls)."""
     config, train = run.config, run.data.train
     epochs = config.learn.total_epochs(len(train))
     latest = {"optimizer": state.optimizer}
@@ -278,12 +285,11 @@ def _train_learning(run: Run, state: ShrinkState, module, penalty, strength) -> 
     while True:
         if epoch < epochs:
             schedule = config.learn
-        elif epoch < 2 * epochs and penalty.cost() > run.target:
-            strength.value *= RAISE
+        elif strength.auto and epoch < 2 * epochs and penalty.cost() > run.target:
             schedule = replace(config.learn, epochs=epoch + 1, steps=None)
             run.progress.note(
-                f"alive {human(penalty.cost())} {run.unit} is over the target: "
-                f"one more epoch with lambda {strength.value:.3g}"
+                f"alive {human(penalty.cost())} {run.unit} is still over the target: "
+                f"one more epoch (lambda {strength.value:.3g}, raised while the cost stalls)"
             )
         else:
             return
@@ -303,7 +309,6 @@ def learn_round(run: Run, state: ShrinkState) -> ShrinkState:
     penalty = MorphNetPenalty(module, config.resource, config.mode)
     start_cost = penalty.cost_model.resource(config.resource)
     strength = Strength(**state.strength) if state.strength else _initial_strength(run, start_cost)
-    first_lambda = strength.value
     _train_learning(run, state, module, penalty, strength)
     recalibrate(module, run.data.train, config.learn.batch_size, run.device, config.learn.seed)
     name = f"round {state.round}"
@@ -317,7 +322,7 @@ def learn_round(run: Run, state: ShrinkState) -> ShrinkState:
         if not mask.any():  # a group keeps at least its most important channel
             mask[int(torch.argmax(p))] = True
     report["lambda"].append(
-        {"round": state.round, "initial": first_lambda, "final": strength.value}
+        {"round": state.round, "initial": strength.initial, "final": strength.value}
     )
     trained = run.analyse(module.to_onnx())
     shrunk = run.analyse(

@@ -24,10 +24,13 @@ from morphcli.progress import Progress
 DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3}
 MOMENTUM = 0.9
 # lambda auto: raise by this factor when the alive cost fell by less than STALL since the last
-# check; checks run CHECKS_PER_EPOCH times an epoch.
+# check, up to MAX_RAISE times the initial value; checks run CHECKS_PER_EPOCH times an epoch but
+# at least MIN_CHECK_STEPS apart (channels need steps to die even when lambda is right).
 RAISE = 2.0
 STALL = 0.01
+MAX_RAISE = 2.0**10
 CHECKS_PER_EPOCH = 4
+MIN_CHECK_STEPS = 20
 # Batches that refresh BN running statistics (momentum 0.1: the old values keep 0.9^50).
 RECALIBRATION_BATCHES = 50
 
@@ -53,6 +56,9 @@ class Objective:
     Distillation compares each output with the teacher's: for a [N, C] output (logits) with
     ``T^2 * KL(softmax(t / T) || softmax(s / T))``, for any other shape with the mean squared
     error divided by the variance of the teacher's output (1 = as bad as predicting the mean).
+    The teacher runs in the student's mode (``train``): while training, both normalise with
+    batch statistics, so the loss starts at 0 whatever the original running statistics are
+    (the teacher's own running statistics then follow the data, as the student's do).
 
     Args:
         teacher: The frozen original model; None with labels.
@@ -66,6 +72,11 @@ class Objective:
     @property
     def distills(self) -> bool:
         return self.teacher is not None
+
+    def train(self, mode: bool = True) -> None:
+        """Run the teacher in training (batch statistics) or eval mode, as the student."""
+        if self.teacher is not None:
+            self.teacher.train(mode)
 
     def __call__(
         self, outputs: tuple[torch.Tensor, ...], x: torch.Tensor, y: torch.Tensor | None
@@ -103,7 +114,7 @@ class Objective:
 
     def accuracy(self, outputs: tuple[torch.Tensor, ...], y: torch.Tensor | None) -> float | None:
         """Top-1 accuracy (over every labelled position) with labels, else None."""
-        if y is None or self.teacher is not None:
+        if y is None:
             return None
         return float((outputs[0].argmax(1) == y).float().mean())
 
@@ -111,17 +122,22 @@ class Objective:
 @dataclass
 class Strength:
     """lambda, the penalty's weight. ``auto``: raised by RAISE whenever a check finds the alive
-    cost fell by less than STALL since the last one, until the alive cost reaches ``goal``."""
+    cost fell by less than STALL since the last one, until the alive cost reaches ``goal``
+    (never beyond MAX_RAISE times its first value)."""
 
     value: float
     auto: bool = False
     goal: float = 0.0
     last_cost: float | None = None
+    initial: float | None = None
+
+    def __post_init__(self) -> None:
+        self.initial = self.value if self.initial is None else self.initial
 
     def check(self, alive_cost: float) -> None:
         stalled = self.last_cost is not None and alive_cost > (1.0 - STALL) * self.last_cost
         if self.auto and stalled and alive_cost > self.goal:
-            self.value *= RAISE
+            self.value = min(self.value * RAISE, MAX_RAISE * self.initial)
         self.last_cost = alive_cost
 
 
@@ -214,6 +230,7 @@ def evaluate(
     """Mean loss and accuracy (None without labels) over ``dataset``, in eval mode."""
     was_training = module.training
     module.eval()
+    objective.train(False)
     total, correct, count = 0.0, 0.0, 0
     labelled = True
     with torch.no_grad():
@@ -229,6 +246,7 @@ def evaluate(
             correct += (accuracy or 0.0) * n
             count += n
     module.train(was_training)
+    objective.train(was_training)
     return total / count, (correct / count if labelled else None)
 
 
@@ -254,13 +272,14 @@ def fit(
     """
     module.to(device)
     module.train()
+    objective.train()
     optimizer = make_optimizer(module, schedule)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
     per_epoch = schedule.steps_per_epoch(len(dataset))
     epochs = schedule.total_epochs(len(dataset))
     total_steps = schedule.steps if schedule.steps is not None else epochs * per_epoch
-    check_every = max(1, per_epoch // CHECKS_PER_EPOCH)
+    check_every = max(MIN_CHECK_STEPS, per_epoch // CHECKS_PER_EPOCH)
     history = []
     reference = None
     if penalty is not None:
@@ -281,7 +300,7 @@ def fit(
                 steps += 1
                 for key in sums:
                     sums[key] += metrics.get(key) or 0.0
-                if penalty is not None and steps % check_every == 0:
+                if penalty is not None and (step + 1) % check_every == 0:
                     strength.check(penalty.cost())
                     metrics["alive"] = strength.last_cost
                 progress.advance(metrics)

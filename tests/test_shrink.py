@@ -1,0 +1,183 @@
+"""`morphnet shrink` end to end on the sample models: targets met, distillation, resume after
+Ctrl-C, and bad input giving one clear line with exit 2 (1 for an unreachable target)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import onnx
+import pytest
+
+from morphcli.channels import build_channel_graph
+from morphcli.checkpoint import CHECKPOINT_NAME
+from morphcli.cli import main
+from morphcli.cost import build_cost_model
+from morphcli.model import load_model
+from morphcli.runtime import run_model
+from tests.conftest import ROOT, SAMPLE_MODELS
+
+TRAINED = str(SAMPLE_MODELS / "resnet_fashion_trained.onnx")
+FAST = ["--batch-size", "32", "--threads", "1", "--finetune-epochs", "1"]
+
+
+@pytest.fixture(scope="module")
+def fashion(tmp_path_factory):
+    """192 training and 64 validation images of the committed subset, with and without labels."""
+    arrays = np.load(SAMPLE_MODELS / "fashion_mnist_subset.npz")
+    folder = tmp_path_factory.mktemp("data")
+    labelled = folder / "labelled.npz"
+    np.savez(
+        labelled,
+        x=arrays["x"][:192],
+        y=arrays["y"][:192],
+        x_val=arrays["x_val"][:64],
+        y_val=arrays["y_val"][:64],
+    )
+    unlabelled = folder / "unlabelled.npz"
+    np.savez(unlabelled, x=arrays["x"][:96], x_val=arrays["x_val"][:32])
+    return {"labelled": str(labelled), "unlabelled": str(unlabelled), "arrays": arrays}
+
+
+def _flops(path) -> float:
+    model = load_model(path)
+    return build_cost_model(model, build_channel_graph(model)).flops()
+
+
+def _shrink(cli, model, out, target, data, *extra):
+    args = ["shrink", str(model), "-o", str(out), "--target-flops", target, "--data", data]
+    return cli.invoke(main, [*args, *FAST, *extra])
+
+
+def test_shrink_meets_a_flops_target_with_a_learned_structure(cli, fashion, tmp_path):
+    out, report_path = tmp_path / "slim.onnx", tmp_path / "report.json"
+    # A fixed lambda about 10x the auto one makes channels die within 100 steps.
+    result = _shrink(
+        cli, TRAINED, out, "60%", fashion["labelled"], "--steps", "100", "--lambda", "1e-6",
+        "--report", str(report_path), "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    target = 0.6 * _flops(TRAINED)
+    reached = _flops(out)
+    assert 0.97 * target <= reached <= target, f"reached {reached / target:.4f} of the target"
+    report = json.loads(report_path.read_text())
+    assert report == json.loads(result.stdout)
+    assert [s["step"] for s in report["steps"]] == [
+        "input", "round 1 shrunk", "round 1 expanded", "final",
+    ]  # fmt: skip
+    assert report["met"] and report["reached"] == round(reached)
+    assert set(report["validation"]) == {"input", "round 1 learned", "final"}
+    assert all(v["accuracy"] is not None for v in report["validation"].values())
+    assert report["lambda"][0] == {"round": 1, "initial": 1e-6, "final": 1e-6}
+    assert {"prepare", "round 1 learn", "round 1 surgery", "finetune"} <= set(report["time_s"])
+    # The penalty removed channels unevenly: the learned widths are not one scaled copy of
+    # the input's (a uniform multiplier would keep every ratio within rounding).
+    before, shrunk = report["steps"][0]["widths"], report["steps"][1]["widths"]
+    ratios = np.array([shrunk[k] / before[k] for k in before])
+    assert ratios.max() - ratios.min() > 0.2, ratios
+    assert report["steps"][-1]["widths"] == report["steps"][2]["widths"]
+    logits = run_model(onnx.load(out), {"input": fashion["arrays"]["x_val"][:1]})["output"]
+    assert logits.shape == (1, 10) and np.isfinite(logits).all()
+
+
+def test_distillation_shrinks_the_unet_without_labels(cli, fashion, tmp_path):
+    out = tmp_path / "unet_slim.onnx"
+    model = SAMPLE_MODELS / "unet.onnx"
+    result = _shrink(cli, model, out, "50%", fashion["unlabelled"], "--steps", "3", "--json")
+    assert result.exit_code == 0, result.output
+    assert "loss: distillation" in result.stderr
+    report = json.loads(result.stdout)
+    assert report["validation"]["final"]["accuracy"] is None
+    target = 0.5 * _flops(model)
+    assert 0.97 * target <= _flops(out) <= target
+    y = run_model(onnx.load(out), {"input": fashion["arrays"]["x_val"][:1]})["output"]
+    assert y.shape == (1, 1, 28, 28) and np.isfinite(y).all()
+
+
+def _command(out, data, *extra) -> list[str]:
+    return [
+        sys.executable, "-m", "morphcli", "shrink", TRAINED, "-o", str(out),
+        "--target-flops", "80%", "--data", data, "--epochs", "8", "--lambda", "1e-5",
+        "--work-dir", str(out) + ".work", *FAST, *extra,
+    ]  # fmt: skip
+
+
+def test_resume_after_ctrl_c_continues_to_the_same_result(fashion, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    straight = tmp_path / "straight.onnx"
+    subprocess.run(_command(straight, fashion["labelled"]), env=env, check=True,
+                   capture_output=True)  # fmt: skip
+    out = tmp_path / "resumed.onnx"
+    checkpoint = tmp_path / "resumed.onnx.work" / CHECKPOINT_NAME
+    proc = subprocess.Popen(
+        _command(out, fashion["labelled"]), env=env, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    seen = 0
+    while proc.poll() is None and time.monotonic() < deadline:
+        # The first checkpoint is written before training, the next after epoch 1.
+        if checkpoint.exists():
+            stamp = checkpoint.stat().st_mtime_ns
+            seen = seen or stamp
+            if stamp != seen:
+                proc.send_signal(signal.SIGINT)
+                break
+        time.sleep(0.02)
+    stderr = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, stderr
+    assert "continue with --resume" in stderr
+    assert checkpoint.exists() and not out.exists()
+    resumed = subprocess.run(
+        _command(out, fashion["labelled"], "--resume"), env=env, capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    epoch = int(resumed.stderr.split("resuming from round 1 structure learning, epoch ")[1][0])
+    assert epoch >= 2, resumed.stderr
+    a, b = onnx.load(straight), onnx.load(out)
+    for x, y in zip(a.graph.initializer, b.graph.initializer, strict=True):
+        va, vb = onnx.numpy_helper.to_array(x), onnx.numpy_helper.to_array(y)
+        assert va.shape == vb.shape and np.array_equal(va, vb), (
+            f"{x.name}: max difference {np.abs(va - vb).max()}"
+        )
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(cli, fashion, tmp_path):
+    result = _shrink(cli, TRAINED, tmp_path / "o.onnx", "50%", fashion["labelled"], "--resume")
+    assert result.exit_code == 2
+    assert "--resume: no checkpoint in" in result.stderr
+
+
+def _bad_shape(tmp_path) -> str:
+    path = tmp_path / "rgb.npz"
+    np.savez(path, x=np.zeros((8, 3, 32, 32), np.float32), y=np.zeros(8, np.int64))
+    return str(path)
+
+
+def _bad_labels(tmp_path) -> str:
+    path = tmp_path / "labels.npz"
+    np.savez(path, x=np.zeros((8, 1, 28, 28), np.float32), y=np.arange(8) + 5)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("target", "data", "code", "message"),
+    [
+        ("50%", _bad_shape, 2, "samples have shape 3x32x32, the model input takes N x 1x28x28"),
+        ("50%", _bad_labels, 2, "labels out of range: found 5..12, the model's output has 10"),
+        ("0", None, 2, "bad --target-flops '0': must be positive"),
+        ("-5M", None, 2, "must be positive"),
+        ("1k", None, 1, "is below what the pinned channels alone cost"),
+    ],
+)
+def test_bad_input_exits_with_one_clear_line(cli, fashion, tmp_path, target, data, code, message):
+    data_path = data(tmp_path) if data else fashion["labelled"]
+    result = _shrink(cli, TRAINED, tmp_path / "o.onnx", target, data_path)
+    assert result.exit_code == code, result.output
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 2, result.stderr
+    assert not (tmp_path / "o.onnx").exists()
