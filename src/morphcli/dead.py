@@ -66,7 +66,9 @@ def _rows(values: np.ndarray, axis: int) -> np.ndarray:
 def candidates(
     model: Model, cg: ChannelGraph, threshold: float
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Candidate classes (bool per class id) and, per scale constant, the small entries."""
+    """Candidate classes (bool per class id) of removable groups and, per scale constant,
+    its small entries of those classes (the probe sets them to zero; pinned classes keep
+    theirs, so they cannot make a varying candidate look constant)."""
     n = len(cg.class_of_slot)
     found = np.zeros(n, dtype=bool)
     small: dict[str, np.ndarray] = {}
@@ -78,13 +80,14 @@ def candidates(
         if follow.role not in (FILTER, SCALE) or follow.tensor not in cg.tensors:
             continue
         rows = _rows(constants[follow.const].values, follow.axis)
+        classes = cg.classes(follow.tensor)
         if follow.role == FILTER:
-            hit = ~np.any(rows != 0, axis=1)
+            hit = ~np.any(rows != 0, axis=1) & prunable[classes]
         else:
-            hit = np.abs(rows).max(axis=1) < threshold
+            hit = (np.abs(rows).max(axis=1) < threshold) & prunable[classes]
             small[follow.const] = small.get(follow.const, np.zeros(len(hit), bool)) | hit
-        found[cg.classes(follow.tensor)[hit]] = True
-    return found & prunable, small
+        found[classes[hit]] = True
+    return found, small
 
 
 def _probe(
