@@ -117,5 +117,7 @@ def test_cli_expand_errors(cli, tmp_path):
     assert cli.invoke(main, ["expand", path, "-o", out]).exit_code == 2
     both = ["--multiplier", "2", "--target-flops", "200%"]
     assert cli.invoke(main, ["expand", path, "-o", out, *both]).exit_code == 2
+    noisy_random = ["--multiplier", "2", "--init", "random", "--noise", "0.1"]
+    assert cli.invoke(main, ["expand", path, "-o", out, *noisy_random]).exit_code == 2
     human = cli.invoke(main, ["expand", path, "-o", out, "--multiplier", "2"])
     assert human.exit_code == 0 and "width multiplier 2" in human.output

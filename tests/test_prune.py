@@ -171,6 +171,16 @@ def test_a_group_keeps_one_channel(tmp_path):
     assert any("at least one" in k["reason"] for k in doc["kept"])
 
 
+def test_dead_channels_respect_round_to(tmp_path):
+    model, cg = analysed("resnet_folded")
+    set_channels(model, cg, 2, [1, 3, 5, 7, 9], (FILTER, PARAM))  # 16 - 5 = 11: not a 4k
+    source = saved(model, tmp_path / "dead.onnx")
+    doc = run_prune(str(source), str(tmp_path / "out.onnx"), round_to=4)
+    assert len(removed_by_group(doc)[2]) == 4 and doc["groups"][2]["after"] == 12
+    assert [k["reason"] for k in doc["kept"]] == ["--round-to 4"]
+    assert_outputs_close(outputs_of(source, model), outputs_of(tmp_path / "out.onnx", model), "")
+
+
 # Importance-driven pruning ---------------------------------------------------------------
 @pytest.mark.parametrize("path", list(SAMPLES.values()), ids=lambda p: p.stem)
 def test_target_flops_lands_just_under(tmp_path, path):
@@ -251,6 +261,8 @@ def test_cli_refuses_to_overwrite_the_input(cli, tmp_path):
     assert result.exit_code == 2
     assert "input model" in result.output
     assert digest(source) == before
+    folder = cli.invoke(main, ["prune", str(source), "-o", str(tmp_path), "--ratio", "0.5"])
+    assert folder.exit_code == 2 and "directory" in folder.output
 
 
 def test_cli_unreachable_target_exits_1(cli, tmp_path):

@@ -121,7 +121,11 @@ def _channel_constants(runs: list[dict[str, np.ndarray]], name: str, axis: int) 
 
 
 def find_dead(
-    model: Model, cg: ChannelGraph, threshold: float = 1e-3, allow_approximate: bool = False
+    model: Model,
+    cg: ChannelGraph,
+    threshold: float = 1e-3,
+    allow_approximate: bool = False,
+    round_to: int = 1,
 ) -> DeadPlan:
     """Which candidate channels can go, and the bias folds that keep the function.
 
@@ -133,6 +137,8 @@ def find_dead(
         allow_approximate: Also remove constant channels whose fold is inexact (a padded
             conv: the interior value goes into the bias, borders change) or impossible.
             Defaults to False.
+        round_to: Remove only as many as leave a multiple of this (the least important).
+            Defaults to 1.
 
     Returns:
         The plan; every group keeps at least its most important channel.
@@ -164,10 +170,8 @@ def find_dead(
         go = found[group.classes] & np.array([r is None for r in reasons])
         for index in np.flatnonzero(found[group.classes] & ~go):
             plan.kept.append(Kept(group.id, int(index), reasons[index]))
-        if go.all():
-            keep = int(np.argmax(score))
-            go[keep] = False
-            plan.kept.append(Kept(group.id, keep, "a group keeps at least one channel"))
+        for index, reason in _hold_back(go, score, round_to):
+            plan.kept.append(Kept(group.id, index, reason))
         plan.removed[group.id] = np.flatnonzero(go)
         removed[group.classes[go]] = True
     folded: set[int] = set()
@@ -185,6 +189,25 @@ def find_dead(
             folded.update(int(c) for c in classes[use])
     plan.folded = len(folded)
     return plan
+
+
+def _hold_back(go: np.ndarray, score: np.ndarray, round_to: int) -> list[tuple[int, str]]:
+    """Clear, in place, the removals a group cannot take: its last channel, and those that
+    would leave a width that is not a multiple of ``round_to`` (the most important first)."""
+    held = []
+    if go.all():
+        keep = int(np.argmax(score))
+        go[keep] = False
+        held.append((keep, "a group keeps at least one channel"))
+    left = len(go) - int(go.sum())
+    rounded = -(-left // round_to) * round_to
+    back = rounded - left if rounded < len(go) else int(go.sum())
+    if back:
+        picked = np.flatnonzero(go)
+        for index in picked[np.argsort(-score[picked], kind="stable")][:back]:
+            go[index] = False
+            held.append((int(index), f"--round-to {round_to}"))
+    return held
 
 
 def _blocked(

@@ -19,7 +19,7 @@ from morphcli.errors import EXIT_BUDGET, MorphError
 from morphcli.importance import class_importance, copies_for_widths, rounded_width
 from morphcli.model import load_model
 from morphcli.resize import check_output_path, resize
-from morphcli.surgery import Init
+from morphcli.surgery import PRESERVE, Init
 
 # The search stops widening here: a model 1000x wider than the input is not a sane target.
 MAX_MULTIPLIER = 1000.0
@@ -109,6 +109,9 @@ def run_expand(
         raise MorphError("give one of --multiplier, --target-flops and --target-params")
     if round_to < 1:
         raise MorphError(f"bad --round-to {round_to}: must be >= 1")
+    init = init or Init()
+    if init.mode != PRESERVE and init.noise:
+        raise MorphError("--noise applies to --init preserve (random channels need no noise)")
     model = load_model(model_path, input_shapes)
     cg = build_channel_graph(model)
     cm = build_cost_model(model, cg)
@@ -120,7 +123,6 @@ def run_expand(
         extra["target"] = {"kind": kind, "value": round(value)}
     widths = multiplier_widths(cg, multiplier, round_to)
     copies = copies_for_widths(cg, class_importance(model, cg), widths)
-    init = init or Init()
     return resize(
         "expand",
         model,

@@ -204,7 +204,7 @@ def run_prune(
     if ratio is not None:
         copies = ratio_copies(cg, class_importance(model, cg), ratio, round_to)
         return resize("prune", model, cg, cm, copies, output_path, mode="ratio", ratio=ratio)
-    plan = find_dead(model, cg, threshold, allow_approximate)
+    plan = find_dead(model, cg, threshold, allow_approximate, round_to)
     copies = [np.ones(g.width, dtype=np.int64) for g in cg.groups]
     for counts, removed in zip(copies, plan.removed, strict=True):
         counts[removed] = 0

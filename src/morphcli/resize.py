@@ -18,7 +18,7 @@ from morphcli.surgery import Init, apply_copies
 
 
 def check_output_path(model_path: str, output_path: str) -> None:
-    """Refuse to write over the input model (exit code 2)."""
+    """Refuse to write over the input model or onto a directory (exit code 2)."""
     same = os.path.realpath(output_path) == os.path.realpath(model_path) or (
         os.path.exists(output_path)
         and os.path.exists(model_path)
@@ -28,6 +28,8 @@ def check_output_path(model_path: str, output_path: str) -> None:
         raise MorphError(
             "-o is the input model: write the result to another file", file=output_path
         )
+    if os.path.isdir(output_path):
+        raise MorphError("-o is a directory: give a file name", file=output_path)
 
 
 def costs(cm: CostModel) -> dict[str, float]:
