@@ -378,3 +378,62 @@ def test_split_with_num_outputs_gets_explicit_sizes():
     split = next(n for n in pruned.graph.node if n.op_type == "Split")
     assert not any(a.name == "num_outputs" for a in split.attribute)
     assert_outputs_close(run(masked_reference(model, cg, copies), model), run(pruned, model), "")
+
+
+def _conv_then(nodes: list, inits: list, out_shape: list[int], opset: int = 17) -> Model:
+    """x [1, 2, 4, 4] -> 1x1 conv to 6 channels "c" -> ``nodes`` -> "y"."""
+    w = numpy_helper.from_array(np.ones((6, 2, 1, 1), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"]), *nodes],
+        "conv_then",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
+        [w, *inits],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    return model_from_proto(proto, "conv_then")
+
+
+def test_a_strided_channel_slice_pins_its_input():
+    ints = [numpy_helper.from_array(np.array(v), n) for n, v in
+            (("s", [0]), ("e", [6]), ("a", [1]), ("st", [2]))]  # fmt: skip
+    w2 = numpy_helper.from_array(np.ones((2, 3, 1, 1), np.float32), "w2")
+    model = _conv_then(
+        [
+            helper.make_node("Slice", ["c", "s", "e", "a", "st"], ["sl"]),
+            helper.make_node("Conv", ["sl", "w2"], ["y"]),
+        ],
+        [*ints, w2],
+        [1, 2, 4, 4],
+    )
+    cg = build_channel_graph(model)
+    groups = [cg.groups[g] for g in cg.tensor_groups("c")]  # kept and skipped channels
+    assert len(groups) == 2
+    assert all(not g.prunable and "step 2" in g.pinned_by.reason for g in groups)
+
+
+def test_a_computed_reshape_target_is_rewritten_or_pins():
+    shape_chain = [
+        helper.make_node("Shape", ["c"], ["shape"]),
+        helper.make_node("Gather", ["shape", "zero"], ["batch"], axis=0),
+        helper.make_node("Concat", ["batch", "rest"], ["target"], axis=0),
+        helper.make_node("Reshape", ["c", "target"], ["flat"]),
+    ]
+    zero = numpy_helper.from_array(np.array([0]), "zero")
+    # [N, 6*16] from a shape chain: the channel count stays computed, surgery writes [0, -1].
+    flat = numpy_helper.from_array(np.array([96]), "rest")
+    w3 = numpy_helper.from_array(np.ones((96, 3), np.float32), "w3")
+    model = _conv_then(
+        [*shape_chain, helper.make_node("MatMul", ["flat", "w3"], ["y"])], [zero, flat, w3], [1, 3]
+    )
+    cg = build_channel_graph(model)
+    copies = random_removal(cg, 2)
+    pruned = apply_copies(model, cg, copies)
+    assert_outputs_close(run(masked_reference(model, cg, copies), model), run(pruned, model), "")
+    # [N, 6, 4, 4] -> [N, 6, 2, 2, 4] from a shape chain: [0, 0, -1] cannot say it: pinned.
+    split = numpy_helper.from_array(np.array([6, 2, 2, 4]), "rest")
+    model = _conv_then([*shape_chain[:-1], helper.make_node("Reshape", ["c", "target"], ["y"])],
+                       [zero, split], [1, 6, 2, 2, 4])  # fmt: skip
+    cg = build_channel_graph(model)
+    (group,) = cg.tensor_groups("c")
+    assert "computed shape" in cg.groups[group].pinned_by.reason
