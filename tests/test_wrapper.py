@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import subprocess
 import sys
@@ -30,6 +31,16 @@ MIN_SCALE = 1e-2
 PIXEL_INPUTS = {"yolox_nano", "yunet_n_320_320"}
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: on a small shared machine, threads waiting on each other make these
+    runs many times slower (the results do not depend on it)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @cache
 def _module(path: Path) -> OnnxModule:
     """The module of a model in eval mode, shared by the read-only tests."""
@@ -38,7 +49,7 @@ def _module(path: Path) -> OnnxModule:
 
 @cache
 def _session(path: Path) -> ort.InferenceSession:
-    return session(_module(path).model.to_proto())
+    return session(_module(path).model.to_proto(), threads=1)
 
 
 def _inputs(module: OnnxModule, batch: int, seed: int = 0, top: float = 1.0) -> list[np.ndarray]:
@@ -105,9 +116,7 @@ def _logits(path: Path) -> onnx.ModelProto:
     return proto
 
 
-@pytest.mark.parametrize(
-    "name", ["densenet121", "inception_v1", "inception_v2", "resnet50", "shufflenet", "squeezenet"]
-)
+@pytest.mark.parametrize("name", ["inception_v1", "inception_v2", "shufflenet", "squeezenet"])
 def test_light_models_with_random_weights_match_onnxruntime(name: str) -> None:
     """The onnx_light_* files carry equal placeholder weights; random ones make every channel
     differ, and ``to_onnx`` carries them to onnxruntime. Weights get He-scaled normals,
@@ -124,8 +133,8 @@ def test_light_models_with_random_weights_match_onnxruntime(name: str) -> None:
                 tensor.copy_(torch.randn(tensor.shape, generator=gen) * math.sqrt(2 / fan_in))
             else:
                 tensor.copy_(0.5 + torch.rand(tensor.shape, generator=gen))
-    inputs = _inputs(module, 2)
-    want = _onnxruntime(session(module.to_onnx()), inputs)
+    inputs = _inputs(module, 1)
+    want = _onnxruntime(session(module.to_onnx(), threads=1), inputs)
     assert float(want[0].std()) > 1e-3 * float(np.abs(want[0]).max())  # not degenerate
     assert_close(_run(module, inputs), want)
 
@@ -262,7 +271,7 @@ def test_missing_ops_are_all_named() -> None:
 
 
 def test_training_lowers_the_loss_and_exports() -> None:
-    """200 SGD steps on the Fashion-MNIST subset from the untrained ResNet sample; the
+    """300 SGD steps (batch 16) on the Fashion-MNIST subset from the untrained ResNet sample; the
     trained weights, written back to ONNX, run in onnxruntime as in the module."""
     data = np.load(SAMPLE_MODELS / "fashion_mnist_subset.npz")
     x, y = torch.from_numpy(data["x"]), torch.from_numpy(data["y"])
@@ -279,8 +288,8 @@ def test_training_lowers_the_loss_and_exports() -> None:
     optimizer = torch.optim.SGD(module.parameters(), lr=0.05, momentum=0.9)
     gen = torch.Generator().manual_seed(0)
     module.train()
-    for _ in range(200):
-        idx = torch.randint(len(x), (32,), generator=gen)
+    for _ in range(300):
+        idx = torch.randint(len(x), (16,), generator=gen)
         loss = loss_fn(module(x[idx]), y[idx])
         optimizer.zero_grad()
         loss.backward()
@@ -288,7 +297,35 @@ def test_training_lowers_the_loss_and_exports() -> None:
     after = val_loss()
     assert after < 0.7 * before, f"validation loss {before:.3f} -> {after:.3f}"
     batch = [x_val[:4].numpy()]
-    assert_close(_run(module, batch), _onnxruntime(session(module.to_onnx()), batch))
+    assert_close(_run(module, batch), _onnxruntime(session(module.to_onnx(), threads=1), batch))
+
+
+def test_deepcopy_copies_tensors_and_keeps_modes_apart() -> None:
+    module = OnnxModule.from_onnx(SAMPLE_MODELS / "resnet.onnx").eval()
+    clone = copy.deepcopy(module).train()
+    x = torch.rand(4, 1, 28, 28)
+    before = module(x)
+    clone(x)  # a training step on the copy moves its running statistics only
+    assert torch.equal(module(x), before)
+    key = "stem.1.running_mean"
+    assert not torch.equal(clone.tensor(key), module.tensor(key))
+    pairs = zip(module.parameters(), clone.parameters(), strict=True)
+    assert all(a.data_ptr() != b.data_ptr() for a, b in pairs)
+
+
+@pytest.mark.skipif(not torch._dynamo.is_dynamo_supported(), reason="torch.compile unsupported")
+def test_torch_compile_captures_one_graph() -> None:
+    """Dynamo traces the whole forward as one graph in both modes (the eager backend keeps the
+    test fast; inductor's compiled speed is in bench/bench_wrapper.py --compile)."""
+    module = OnnxModule.from_onnx(SAMPLE_MODELS / "resnet.onnx")
+    reference = copy.deepcopy(module)
+    compiled = torch.compile(module, backend="eager", fullgraph=True)
+    x = torch.rand(8, 1, 28, 28)
+    for training in (True, False):
+        module.train(training), reference.train(training)
+        torch.testing.assert_close(compiled(x), reference(x))
+    key = "stem.1.running_var"
+    torch.testing.assert_close(module.tensor(key), reference.tensor(key))
 
 
 def test_import_morphcli_does_not_import_torch() -> None:

@@ -10,6 +10,7 @@ the current values into a copy of the graph.
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from collections import defaultdict
@@ -130,6 +131,8 @@ class OnnxModule(nn.Module):
         return getattr(self, key)
 
     def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> Any:
+        """Run the graph: every node's callable on its input slots, in topological order,
+        each value dropped after its last reader."""
         env: list[Any] = [None] * self._n_slots
         for slot, value in zip(self._input_slots, self._bind(args, kwargs), strict=True):
             env[slot] = value
@@ -164,6 +167,17 @@ class OnnxModule(nn.Module):
         if path is not None:
             save_model(proto, path)
         return proto
+
+    def __deepcopy__(self, memo: dict) -> OnnxModule:
+        """Parameters and buffers are copied; the loaded model (read-only, and a
+        graphsurgeon graph cannot be deep-copied) and the op callables are shared. Shared
+        callables are safe: every forward sets the context's training flag first."""
+        for shared in (self._model, self._ctx, self._steps):
+            memo[id(shared)] = shared
+        clone = type(self).__new__(type(self))
+        memo[id(self)] = clone
+        clone.__setstate__(copy.deepcopy(self.__dict__, memo))
+        return clone
 
     def _bind(self, args: tuple, kwargs: dict) -> tuple:
         names = self._input_names
@@ -227,7 +241,7 @@ def _kind(rule: Any, node: gs.Node, index: int, tensor: gs.Constant) -> str:
         return "fixed"
     if index in rule.state_inputs(node):
         return "state"
-    floating = np.issubdtype(np.dtype(tensor.values.dtype), np.floating)
+    floating = np.issubdtype(np.dtype(tensor.dtype), np.floating)
     return "parameter" if floating and rule.trainable_input(node, index) else "fixed"
 
 

@@ -62,7 +62,9 @@ class ShapeOnlyRule(OpRule):
             )
         if node.op == "Range":
             return lambda start, limit, delta: (
-                torch.arange(start.item(), limit.item(), delta.item(), dtype=start.dtype),
+                torch.arange(
+                    start.item(), limit.item(), delta.item(), dtype=start.dtype, device=start.device
+                ),
             )
         if node.op == "NonZero":
             return lambda x: (torch.nonzero(x).t(),)
