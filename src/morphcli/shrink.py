@@ -43,10 +43,11 @@ from morphcli.wrapper import OnnxModule
 
 # The result must land in [BAND_LOW, 1] x target.
 BAND_LOW = 0.97
-# lambda auto: LAMBDA_SCALE / (the round's starting cost), raised until the alive cost is at
-# most SHRINK_GOAL x min(target, starting cost).
+# lambda auto: LAMBDA_SCALE / (the round's starting cost), steered so that the alive cost
+# reaches min(target, SHRINK_GOAL x starting cost): the target itself when shrinking, and a
+# smaller structure to grow back from when the target is the same cost or more.
 LAMBDA_SCALE = 1.0
-SHRINK_GOAL = 0.5
+SHRINK_GOAL = 0.7
 # A multiplier that leaves every removable group at its narrowest width.
 NARROWEST = 1e-9
 # Replicas' consumer columns get zero-sum noise of this many weight standard deviations.
@@ -259,7 +260,7 @@ def fresh_state(run: Run) -> ShrinkState:
 
 def _initial_strength(run: Run, start_cost: float) -> Strength:
     if run.config.strength == "auto":
-        goal = SHRINK_GOAL * min(run.target, start_cost)
+        goal = min(run.target, SHRINK_GOAL * start_cost)
         return Strength(LAMBDA_SCALE / start_cost, auto=True, goal=goal)
     return Strength(float(run.config.strength))
 

@@ -23,12 +23,12 @@ from morphcli.progress import Progress
 
 DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3}
 MOMENTUM = 0.9
-# lambda auto: raise by this factor when the alive cost fell by less than STALL since the last
-# check, up to MAX_RAISE times the initial value; checks run CHECKS_PER_EPOCH times an epoch but
-# at least MIN_CHECK_STEPS apart (channels need steps to die even when lambda is right).
+# lambda auto (see Strength): raise by this factor, up to MAX_RAISE times the initial value,
+# aiming to reach the goal by DEADLINE of the phase's steps (the rest lets the new structure
+# settle); checks run CHECKS_PER_EPOCH times an epoch but at least MIN_CHECK_STEPS apart.
 RAISE = 2.0
-STALL = 0.01
-MAX_RAISE = 2.0**10
+MAX_RAISE = 8.0
+DEADLINE = 0.75
 CHECKS_PER_EPOCH = 4
 MIN_CHECK_STEPS = 20
 # Batches that refresh BN running statistics (momentum 0.1: the old values keep 0.9^50).
@@ -121,24 +121,41 @@ class Objective:
 
 @dataclass
 class Strength:
-    """lambda, the penalty's weight. ``auto``: raised by RAISE whenever a check finds the alive
-    cost fell by less than STALL since the last one, until the alive cost reaches ``goal``
-    (never beyond MAX_RAISE times its first value)."""
+    """lambda, the penalty's weight.
+
+    ``auto``: at each check, lambda is raised by RAISE (never beyond MAX_RAISE times its first
+    value) when the alive cost is over ``goal`` and is not on track to reach it by the
+    deadline: neither the alive cost nor the penalty fell since the last check by the
+    fraction ``1 - (goal / alive) ** (window / steps_left)`` that a steady geometric decline
+    would need. Channels cross the alive threshold some steps after lambda starts to shrink
+    them; the penalty (a continuous measure of the same cost) shows that progress early, so
+    lambda does not keep rising while channels are already on their way out. Under the goal
+    lambda is lowered by RAISE (not below its first value), which stops the cascade of dying
+    channels that a raised lambda keeps feeding. The cap keeps lambda where the per-step
+    change of a scale stays small next to the alive threshold: a far stronger lambda makes
+    scales jump across zero by more than the threshold, and nothing ever counts as dead.
+    """
 
     value: float
     auto: bool = False
     goal: float = 0.0
     last_cost: float | None = None
+    last_penalty: float | None = None
     initial: float | None = None
 
     def __post_init__(self) -> None:
         self.initial = self.value if self.initial is None else self.initial
 
-    def check(self, alive_cost: float) -> None:
-        stalled = self.last_cost is not None and alive_cost > (1.0 - STALL) * self.last_cost
-        if self.auto and stalled and alive_cost > self.goal:
-            self.value = min(self.value * RAISE, MAX_RAISE * self.initial)
-        self.last_cost = alive_cost
+    def check(self, alive_cost: float, penalty: float, window: int, steps_left: int) -> None:
+        """One check, ``window`` steps after the last, ``steps_left`` before the deadline."""
+        if self.auto and self.last_cost and self.last_penalty and alive_cost > self.goal:
+            needed = 1.0 - (self.goal / alive_cost) ** (window / max(steps_left, window))
+            moved = max(1.0 - alive_cost / self.last_cost, 1.0 - penalty / self.last_penalty)
+            if moved < needed:
+                self.value = min(self.value * RAISE, MAX_RAISE * self.initial)
+        elif self.auto and alive_cost < self.goal:
+            self.value = max(self.value / RAISE, self.initial)
+        self.last_cost, self.last_penalty = alive_cost, penalty
 
 
 @dataclass
@@ -301,7 +318,8 @@ def fit(
                 for key in sums:
                     sums[key] += metrics.get(key) or 0.0
                 if penalty is not None and (step + 1) % check_every == 0:
-                    strength.check(penalty.cost())
+                    steps_left = int(DEADLINE * total_steps) - step
+                    strength.check(penalty.cost(), metrics["penalty"], check_every, steps_left)
                     metrics["alive"] = strength.last_cost
                 progress.advance(metrics)
             stats = EpochStats(epoch, sums["loss"] / max(steps, 1))
