@@ -135,6 +135,16 @@ def _tied_weights(cm: CostModel, resource: str) -> np.ndarray:
 class MorphNetPenalty:
     """The MorphNet penalty of a wrapped ONNX model: add ``strength * penalty()`` to the loss.
 
+    In your own loop::
+
+        module = OnnxModule.from_onnx("model.onnx")
+        penalty = MorphNetPenalty(module, resource="flops")
+        loss = task_loss + 1.0 / penalty.cost() * penalty()  # a strength to start from
+        ...
+        penalty.alive_widths()  # channels per group with p over the threshold
+        penalty.alive_masks()  # per group, which channels (``group.classes`` order) live
+        module.to_onnx("trained.onnx")
+
     Args:
         module: An ``OnnxModule``; its ONNX graph gives the groups and costs and
             ``module.tensor(name)`` the live parameters.

@@ -148,7 +148,7 @@ def render_analysis(doc: dict[str, Any], console: Console, all_ops: bool = False
         console.print(f"[yellow]warning:[/yellow] {warning}")
 
 
-BAR_WIDTH = 24
+BAR_WIDTH = 18
 
 
 def _bar(value: int, largest: int) -> str:
@@ -157,18 +157,20 @@ def _bar(value: int, largest: int) -> str:
 
 
 def _layer_name(label: str) -> str:
-    """A producer node name without its op-type tail: '/stages.0/conv1/Conv' -> 'stages.0/conv1'."""
+    """A producer node name, shorter: no op-type tail, no scope repeated by the next one
+    ('/stages/stages.0/conv1/conv1.0/Conv' -> 'stages.0/conv1.0')."""
     parts = [p for p in label.split("/") if p]
     if len(parts) > 1 and parts[-1][:1].isupper():
         parts = parts[:-1]
-    return "/".join(parts) or label
+    kept = [p for p, after in zip(parts, [*parts[1:], ""], strict=True) if not after.startswith(p)]
+    return "/".join(kept) or label
 
 
 def render_width_bars(before: dict[str, int], after: dict[str, int], console: Console) -> None:
     """Per-layer widths before and after as paired bars (the MorphNet paper's picture)."""
     largest = max([*before.values(), *after.values(), 1])
     table = Table(title="Layer widths", title_justify="left", pad_edge=False, box=None)
-    table.add_column("layer", overflow="fold", max_width=32)
+    table.add_column("layer", overflow="fold", max_width=26)
     table.add_column("input", no_wrap=True)
     table.add_column("result", no_wrap=True)
     for label, width in before.items():
