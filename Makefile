@@ -28,8 +28,16 @@ lint: install
 	$(BIN)/ruff check src tests bench sample_models
 	$(BIN)/ruff format --check src tests bench sample_models
 
+# Benchmarks are never part of `make test`; results go to bench/results/.
 bench: install
 	$(BIN)/python bench/bench_analyze.py
+	$(BIN)/python bench/bench_wrapper.py --threads 1
+	$(BIN)/python bench/bench_latency.py
+
+# Minutes: full Fashion-MNIST from Debian's dataset-fashion-mnist, and torch-pruning (bench only).
+bench-quality: install
+	$(BIN)/pip install --quiet "torch-pruning>=1.4"
+	$(BIN)/python bench/bench_quality.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
