@@ -85,6 +85,17 @@ def test_shrink_meets_a_flops_target_with_a_learned_structure(cli, fashion, tmp_
     assert logits.shape == (1, 10) and np.isfinite(logits).all()
 
 
+def test_a_params_target_is_met_in_params(cli, fashion, tmp_path):
+    out = tmp_path / "slim.onnx"
+    args = ["shrink", TRAINED, "-o", str(out), "--target-params", "70%", "--steps", "2"]
+    result = cli.invoke(main, [*args, "--data", fashion["labelled"], *FAST, "--json"])
+    assert result.exit_code == 0, result.output
+    model = load_model(out)
+    params = build_cost_model(model, build_channel_graph(model)).params()
+    target = 0.7 * json.loads(result.stdout)["steps"][0]["params"]
+    assert 0.97 * target <= params <= target, f"reached {params / target:.4f} of the target"
+
+
 def test_distillation_shrinks_the_unet_without_labels(cli, fashion, tmp_path):
     out, report_path = tmp_path / "unet_slim.onnx", tmp_path / "report.json"
     model = SAMPLE_MODELS / "unet.onnx"

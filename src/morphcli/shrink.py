@@ -1,12 +1,12 @@
 """MorphNet Algorithm 1: learn a structure with the penalty, drop dead channels, expand to
 the budget, repeat, then fine-tune.
 
-Each round trains ``task + lambda * penalty`` (``learn``), keeps every group's alive channels,
-finds the largest uniform multiplier omega with ``cost(round(omega * alive)) <= target`` and
-applies both in one surgery: dead channels get 0 copies, alive ones their share of the new
-width (the most important ones first, Net2WiderNet replicas with symmetry-breaking noise in
-the consumers, so the function is unchanged). After the last round the structure is fine-tuned
-without the penalty. State is checkpointed after every epoch (``checkpoint``).
+Each round trains ``task + lambda * penalty`` (``learn``), removes every group's dead channels
+(surgery), then finds the largest uniform multiplier omega with ``cost(round(omega * alive))
+<= target`` (``expand``'s search) and applies it: the most important channels first,
+Net2WiderNet replicas with symmetry-breaking noise in the consumers, so the function is
+unchanged. After the last round the structure is fine-tuned without the penalty. State is
+checkpointed after every epoch (``checkpoint``).
 """
 
 from __future__ import annotations
@@ -31,14 +31,7 @@ from morphcli.progress import Progress
 from morphcli.report import human
 from morphcli.resize import check_output_path
 from morphcli.surgery import Init, apply_copies
-from morphcli.train import (
-    Objective,
-    Schedule,
-    Strength,
-    evaluate,
-    fit,
-    recalibrate,
-)
+from morphcli.train import Objective, Schedule, Strength, evaluate, fit, recalibrate
 from morphcli.wrapper import OnnxModule
 
 # The result must land in [BAND_LOW, 1] x target.
