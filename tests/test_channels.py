@@ -144,3 +144,25 @@ def test_unknown_op_pins_its_channels_and_warns():
     assert "no channel rule" in cg.groups[pinned].pinned_by.reason
     (free,) = cg.tensor_groups("c")
     assert cg.groups[free].prunable
+
+
+def test_residual_join_pruned_to_one_channel_stays_one_removable_group():
+    """x -> conv a (1 ch) -> Add(a, conv b (1 ch)) -> conv c: a width-1 join is no broadcast."""
+    rng = np.random.default_rng(0)
+    ca, wa = _conv("wa", "x", "a", 3, 1, rng)
+    cb, wb = _conv("wb", "a", "b", 1, 1, rng)
+    add = helper.make_node("Add", ["a", "b"], ["s"], name="add")
+    cc, wc = _conv("wc", "s", "y", 1, 2, rng)
+    graph = helper.make_graph(
+        [ca, cb, add, cc],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])],
+        [wa, wb, wc],
+    )
+    model = model_from_proto(helper.make_model(graph), "width1.onnx")
+    cg = build_channel_graph(model)
+    (group,) = cg.tensor_groups("s")
+    assert cg.tensor_groups("a") == cg.tensor_groups("b") == [group]
+    assert cg.groups[group].prunable, cg.groups[group].pinned_by
+    assert sorted(cg.groups[group].producers) == ["wa_conv", "wb_conv"]

@@ -36,7 +36,9 @@ class JoinRule(OpRule):
         for tensor in mapped:
             shape = ctx.shape(tensor.name)
             own_axis = aligned_axis(rank, len(shape), axis)
-            if own_axis is not None and shape[own_axis] == 1:
+            # Size 1 under a wider output broadcasts; under a width-1 output (a residual
+            # stage pruned to one channel) it is that channel and must stay joined.
+            if own_axis is not None and shape[own_axis] == 1 < width:
                 continue
             if own_axis == ctx.axis(tensor.name) and len(ctx.channels(tensor)) == width:
                 joined.append(tensor)
