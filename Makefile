@@ -18,8 +18,14 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml Makefile
 
 install: $(VENV)/.installed
 
+DEMO_MODEL := sample_models/resnet_fashion_trained.onnx
+
+# The trained Fashion-MNIST ResNet: what analyze sees, then shrink to half its FLOPs.
 demo: install
-	$(BIN)/morphnet analyze sample_models/resnet_fashion_trained.onnx
+	$(BIN)/morphnet analyze $(DEMO_MODEL)
+	$(BIN)/morphnet shrink $(DEMO_MODEL) -o build/demo/resnet_fashion_50.onnx \
+		--target-flops 50% --data sample_models/fashion_mnist_subset.npz \
+		--epochs 3 --finetune-epochs 3 --report build/demo/shrink_report.json
 
 test: install
 	$(BIN)/python -m pytest -q
@@ -36,7 +42,7 @@ bench: install
 
 # Minutes: full Fashion-MNIST from Debian's dataset-fashion-mnist, and torch-pruning (bench only).
 bench-quality: install
-	$(BIN)/pip install --quiet "torch-pruning>=1.4"
+	$(BIN)/pip install --quiet --no-deps "torch-pruning>=1.4"
 	$(BIN)/python bench/bench_quality.py
 
 clean:

@@ -166,3 +166,26 @@ def test_residual_join_pruned_to_one_channel_stays_one_removable_group():
     assert cg.tensor_groups("a") == cg.tensor_groups("b") == [group]
     assert cg.groups[group].prunable, cg.groups[group].pinned_by
     assert sorted(cg.groups[group].producers) == ["wa_conv", "wb_conv"]
+
+
+def test_single_channel_broadcast_across_channels_is_pinned():
+    """A 1-channel attention map multiplying 8 channels can be neither removed nor widened."""
+    rng = np.random.default_rng(0)
+    cf, wf = _conv("wf", "x", "f", 3, 8, rng)
+    cm, wm = _conv("wm", "x", "m", 3, 1, rng)
+    mul = helper.make_node("Mul", ["f", "m"], ["s"], name="attend")
+    cy, wy = _conv("wy", "s", "y", 8, 2, rng)
+    graph = helper.make_graph(
+        [cf, cm, mul, cy],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])],
+        [wf, wm, wy],
+    )
+    model = model_from_proto(helper.make_model(graph), "attention.onnx")
+    cg = build_channel_graph(model)
+    (attention,) = cg.tensor_groups("m")
+    assert cg.groups[attention].pinned_by.node == "attend"
+    assert "broadcasts" in cg.groups[attention].pinned_by.reason
+    (features,) = cg.tensor_groups("s")
+    assert cg.tensor_groups("f") == [features] and cg.groups[features].prunable

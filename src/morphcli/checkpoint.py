@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 
 from morphcli.errors import MorphError
+from morphcli.model import write_atomic
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LEARN, FINETUNE = "learn", "finetune"
@@ -55,17 +55,8 @@ def save_state(
     work_dir: str | os.PathLike, fingerprint: dict[str, Any], state: ShrinkState
 ) -> None:
     """Write the checkpoint atomically into ``work_dir`` (created if needed)."""
-    folder = Path(work_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=".checkpoint.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save({"fingerprint": fingerprint, "state": asdict(state)}, stream)
-        os.replace(tmp, folder / CHECKPOINT_NAME)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    content = {"fingerprint": fingerprint, "state": asdict(state)}
+    write_atomic(Path(work_dir) / CHECKPOINT_NAME, lambda stream: torch.save(content, stream))
 
 
 def load_state(work_dir: str | os.PathLike, fingerprint: dict[str, Any]) -> ShrinkState:

@@ -11,7 +11,6 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import click
@@ -422,6 +421,7 @@ def shrink(model_path: str, output: str, target_flops: str | None, target_params
         raise MorphError("give one of --target-flops or --target-params")
     import torch
 
+    from morphcli.model import write_atomic
     from morphcli.progress import Progress
     from morphcli.report import render_shrink
     from morphcli.shrink import ShrinkConfig, run_shrink
@@ -461,7 +461,8 @@ def shrink(model_path: str, output: str, target_flops: str | None, target_params
         )
         sys.exit(130)
     if report_path:
-        Path(report_path).write_text(json.dumps(report, indent=2) + "\n")
+        text = (json.dumps(report, indent=2) + "\n").encode()
+        write_atomic(report_path, lambda stream: stream.write(text))
     if as_json:
         print_json(report)
     else:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import onnx
@@ -382,16 +384,22 @@ def dummy_inputs(
     return feeds
 
 
-def save_model(proto: onnx.ModelProto, path: str | os.PathLike) -> None:
-    """Write atomically: a temp file in the target's folder, then a rename over the target."""
+def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
+    """Write a file atomically: ``write(stream)`` fills a temp file in the target's folder,
+    which is then renamed over the target, so a reader never sees a half-written file."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(handle, "wb") as stream:
-            stream.write(proto.SerializeToString())
+            write(stream)
         os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def save_model(proto: onnx.ModelProto, path: str | os.PathLike) -> None:
+    """Write a model atomically."""
+    write_atomic(path, lambda stream: stream.write(proto.SerializeToString()))

@@ -283,7 +283,7 @@ def _train_learning(run: Run, state: ShrinkState, module, penalty, strength) -> 
             schedule = replace(config.learn, epochs=epoch + 1, steps=None)
             run.progress.note(
                 f"alive {human(penalty.cost())} {run.unit} is still over the target: "
-                f"one more epoch (lambda {strength.value:.3g}, raised while the cost stalls)"
+                f"one more epoch (lambda {strength.value:.3g}, steered toward the target)"
             )
         else:
             return

@@ -32,13 +32,14 @@ class JoinRule(OpRule):
         reference = next((t for t in mapped if len(ctx.shape(t.name)) == rank), mapped[0])
         axis = ctx.axis(reference.name) + rank - len(ctx.shape(reference.name))
         width = out_shape[axis]
-        joined, mismatched = [], []
+        joined, mismatched, broadcast = [], [], []
         for tensor in mapped:
             shape = ctx.shape(tensor.name)
             own_axis = aligned_axis(rank, len(shape), axis)
             # Size 1 under a wider output broadcasts; under a width-1 output (a residual
             # stage pruned to one channel) it is that channel and must stay joined.
             if own_axis is not None and shape[own_axis] == 1 < width:
+                broadcast.append(tensor)
                 continue
             if own_axis == ctx.axis(tensor.name) and len(ctx.channels(tensor)) == width:
                 joined.append(tensor)
@@ -51,6 +52,9 @@ class JoinRule(OpRule):
             return
         ctx.join(joined)
         ctx.alias(out, joined[0], axis=axis)
+        for tensor in broadcast:
+            # One channel read by all of the output's: it can be neither removed nor widened.
+            ctx.pin(tensor, f"{node.op} broadcasts this single channel across {width}")
         for index, tensor in enumerate(node.inputs):
             value = ctx.const(tensor)
             if value is None or width == 1:
