@@ -139,3 +139,22 @@ def const_ints(node: gs.Node, index: int) -> list[int] | None:
 def tensor_ints(tensor: Any) -> list[int]:
     """A runtime shape-like tensor (a torch tensor from a shape computation) as ints."""
     return [int(v) for v in tensor.reshape(-1).tolist()]
+
+
+def pass_channels_if_unchanged(node: gs.Node, ctx: ChannelBuilder, why_not: str) -> None:
+    """Output channel i is input channel i when the op keeps the rank and the channel dim
+    (Resize, Pad, Expand, Tile ...); otherwise the input's channels are pinned with ``why_not``.
+    """
+    x, out = node.inputs[0], node.outputs[0]
+    if ctx.channels(x) is None:
+        return
+    axis = ctx.axis(x.name)
+    in_shape, out_shape = ctx.shape(x.name), ctx.shape(out.name)
+    if (
+        out_shape is not None
+        and len(in_shape) == len(out_shape)
+        and in_shape[axis] == out_shape[axis]
+    ):
+        ctx.alias(out, x)
+    else:
+        ctx.pin(x, why_not)

@@ -18,6 +18,7 @@ from morphcli.ops.base import (
     input_at,
     ints,
     normalize_axis,
+    pass_channels_if_unchanged,
     tensor_ints,
 )
 from morphcli.ops.conv import conv_geometry, explicit_pads, same_pads, torch_pads
@@ -69,15 +70,7 @@ class SpatialRule(OpRule):
     op_types = ("Resize", "Upsample", "Pad")
 
     def connect(self, node: gs.Node, ctx) -> None:
-        x, out = node.inputs[0], node.outputs[0]
-        if ctx.channels(x) is None:
-            return
-        axis = ctx.axis(x.name)
-        in_shape, out_shape = ctx.shape(x.name), ctx.shape(out.name)
-        if out_shape is not None and out_shape[axis] == in_shape[axis]:
-            ctx.alias(out, x)
-        else:
-            ctx.pin(x, f"{node.op} changes the channel dim")
+        pass_channels_if_unchanged(node, ctx, f"{node.op} changes the channel dim")
 
     def trainable_input(self, node: gs.Node, index: int) -> bool:
         """Scales, sizes, pads and the pad value are settings."""

@@ -23,6 +23,7 @@ from morphcli.ops.base import (
     input_at,
     ints,
     normalize_axis,
+    pass_channels_if_unchanged,
     tensor_ints,
 )
 
@@ -302,15 +303,7 @@ class BroadcastRule(OpRule):
     op_types = ("Expand", "Tile")
 
     def connect(self, node: gs.Node, ctx) -> None:
-        x, out = node.inputs[0], node.outputs[0]
-        if ctx.channels(x) is None:
-            return
-        axis = ctx.axis(x.name)
-        in_shape, out_shape = ctx.shape(x.name), ctx.shape(out.name)
-        if len(in_shape) == len(out_shape) and in_shape[axis] == out_shape[axis]:
-            ctx.alias(out, x)
-        else:
-            ctx.pin(x, f"{node.op} repeats along the channel axis")
+        pass_channels_if_unchanged(node, ctx, f"{node.op} repeats along the channel axis")
 
     def torch_op(self, node: gs.Node, ctx) -> Callable:
         """Expand broadcasts both ways (numpy rules); Tile repeats each axis."""
