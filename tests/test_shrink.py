@@ -131,18 +131,22 @@ def test_resume_after_ctrl_c_continues_to_the_same_result(fashion, tmp_path):
     proc = subprocess.Popen(
         _command(out, fashion["labelled"]), env=env, stderr=subprocess.PIPE, text=True
     )
-    deadline = time.monotonic() + 120
-    seen = 0
-    while proc.poll() is None and time.monotonic() < deadline:
-        # The first checkpoint is written before training, the next after epoch 1.
+    # The first checkpoint is written before training, the next after epoch 1: interrupt as
+    # soon as that one is there. Each atomic write is a new file, so its inode changes.
+    deadline = time.monotonic() + 600
+    first = None
+    while proc.poll() is None:
+        assert time.monotonic() < deadline, "no epoch checkpoint within 10 minutes"
         if checkpoint.exists():
-            stamp = checkpoint.stat().st_mtime_ns
-            seen = seen or stamp
-            if stamp != seen:
+            stat = checkpoint.stat()
+            stamp = (stat.st_ino, stat.st_mtime_ns)
+            first = first or stamp
+            if stamp != first:
                 proc.send_signal(signal.SIGINT)
                 break
         time.sleep(0.02)
-    stderr = proc.communicate(timeout=120)[1]
+    stderr = proc.communicate(timeout=600)[1]
+    assert first is not None, f"the run ended before its first checkpoint: {stderr}"
     assert proc.returncode == 130, stderr
     assert "continue with --resume" in stderr
     assert checkpoint.exists() and not out.exists()
