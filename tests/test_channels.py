@@ -121,22 +121,27 @@ def _conv(name: str, x: str, y: str, cin: int, cout: int, rng) -> tuple:
     return helper.make_node("Conv", [x, name], [y], name=f"{name}_conv"), w
 
 
+def _chain_model(nodes: list, weights: list, name: str) -> Model:
+    """A checked opset-13 model from x [1,3,4,4] to y [1,2,4,4] with the given nodes."""
+    graph = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])],
+        weights,
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.checker.check_model(proto)
+    return model_from_proto(proto, f"{name}.onnx")
+
+
 def test_unknown_op_pins_its_channels_and_warns():
     rng = np.random.default_rng(0)
     c1, w1 = _conv("w1", "x", "a", 3, 8, rng)
     odd = helper.make_node("LpNormalization", ["a"], ["b"], name="odd", axis=1)
     c2, w2 = _conv("w2", "b", "c", 8, 4, rng)
     c3, w3 = _conv("w3", "c", "y", 4, 2, rng)
-    graph = helper.make_graph(
-        [c1, odd, c2, c3],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])],
-        [w1, w2, w3],
-    )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    onnx.checker.check_model(proto)
-    model = model_from_proto(proto, "unknown-op.onnx")
+    model = _chain_model([c1, odd, c2, c3], [w1, w2, w3], "unknown_op")
     cg = build_channel_graph(model)
     assert any("LpNormalization" in w and "odd" in w for w in cg.warnings)
     (pinned,) = cg.tensor_groups("a")
@@ -153,14 +158,7 @@ def test_residual_join_pruned_to_one_channel_stays_one_removable_group():
     cb, wb = _conv("wb", "a", "b", 1, 1, rng)
     add = helper.make_node("Add", ["a", "b"], ["s"], name="add")
     cc, wc = _conv("wc", "s", "y", 1, 2, rng)
-    graph = helper.make_graph(
-        [ca, cb, add, cc],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])],
-        [wa, wb, wc],
-    )
-    model = model_from_proto(helper.make_model(graph), "width1.onnx")
+    model = _chain_model([ca, cb, add, cc], [wa, wb, wc], "width1")
     cg = build_channel_graph(model)
     (group,) = cg.tensor_groups("s")
     assert cg.tensor_groups("a") == cg.tensor_groups("b") == [group]
@@ -175,14 +173,7 @@ def test_single_channel_broadcast_across_channels_is_pinned():
     cm, wm = _conv("wm", "x", "m", 3, 1, rng)
     mul = helper.make_node("Mul", ["f", "m"], ["s"], name="attend")
     cy, wy = _conv("wy", "s", "y", 8, 2, rng)
-    graph = helper.make_graph(
-        [cf, cm, mul, cy],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])],
-        [wf, wm, wy],
-    )
-    model = model_from_proto(helper.make_model(graph), "attention.onnx")
+    model = _chain_model([cf, cm, mul, cy], [wf, wm, wy], "attention")
     cg = build_channel_graph(model)
     (attention,) = cg.tensor_groups("m")
     assert cg.groups[attention].pinned_by.node == "attend"
