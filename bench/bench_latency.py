@@ -30,12 +30,13 @@ import onnxruntime as ort
 from rich.console import Console
 from rich.table import Table
 
-from morphcli.channels import build_channel_graph
-from morphcli.cost import build_cost_model
-from morphcli.importance import class_importance
-from morphcli.model import Model, dummy_inputs, load_model, model_from_proto
-from morphcli.prune import ratio_copies
-from morphcli.surgery import apply_copies
+from morphcli.graph.builder import build_channel_graph
+from morphcli.graph.model import Model, load_model, model_from_proto
+from morphcli.graph.runtime import dummy_inputs
+from morphcli.resources.cost import build_cost_model
+from morphcli.surgery.apply import apply_copies
+from morphcli.surgery.importance import class_importance
+from morphcli.surgery.prune import ratio_copies
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_MODELS = ROOT.parent / "shared" / "real_models"

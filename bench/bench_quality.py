@@ -41,14 +41,16 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from morphcli.channels import build_channel_graph  # noqa: E402
-from morphcli.cost import build_cost_model  # noqa: E402
-from morphcli.expand import run_expand  # noqa: E402
-from morphcli.model import load_model  # noqa: E402
-from morphcli.progress import Progress  # noqa: E402
-from morphcli.shrink import ShrinkConfig, run_shrink  # noqa: E402
-from morphcli.train import Objective, Schedule, evaluate, fit  # noqa: E402
-from morphcli.wrapper import OnnxModule  # noqa: E402
+from morphcli.graph.builder import build_channel_graph  # noqa: E402
+from morphcli.graph.model import load_model  # noqa: E402
+from morphcli.learn.objective import Objective  # noqa: E402
+from morphcli.learn.progress import Progress  # noqa: E402
+from morphcli.learn.train import Schedule, evaluate, fit  # noqa: E402
+from morphcli.learn.wrapper import OnnxModule  # noqa: E402
+from morphcli.resources.cost import build_cost_model  # noqa: E402
+from morphcli.shrink.algorithm import run_shrink  # noqa: E402
+from morphcli.shrink.config import ShrinkConfig  # noqa: E402
+from morphcli.surgery.expand import run_expand  # noqa: E402
 from sample_models.build import export_onnx  # noqa: E402
 from sample_models.fashion_mnist import load_full  # noqa: E402
 from sample_models.nets import ResNetStyle  # noqa: E402

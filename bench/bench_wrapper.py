@@ -32,7 +32,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from morphcli.wrapper import OnnxModule  # noqa: E402
+from morphcli.learn.wrapper import OnnxModule  # noqa: E402
 from sample_models.nets import ResNetStyle  # noqa: E402
 
 SAMPLES = ROOT / "sample_models"

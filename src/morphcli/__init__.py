@@ -11,7 +11,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_LAZY = {"MorphNetPenalty": "morphcli.penalty", "OnnxModule": "morphcli.wrapper"}
+_LAZY = {"MorphNetPenalty": "morphcli.learn.penalty", "OnnxModule": "morphcli.learn.wrapper"}
 __all__ = ["MorphNetPenalty", "OnnxModule", "__version__"]
 
 

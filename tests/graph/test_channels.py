@@ -7,8 +7,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from morphcli.channels import ChannelGraph, build_channel_graph
-from morphcli.model import Model, load_model, model_from_proto
+from morphcli.graph.builder import build_channel_graph
+from morphcli.graph.channels import ChannelGraph
+from morphcli.graph.model import Model, load_model, model_from_proto
 from tests.conftest import REAL_MODELS
 
 

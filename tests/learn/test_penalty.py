@@ -9,10 +9,10 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from morphcli.channels import build_channel_graph
-from morphcli.cost import build_cost_model
-from morphcli.model import model_from_proto
-from morphcli.penalty import MorphNetPenalty
+from morphcli.graph.builder import build_channel_graph
+from morphcli.graph.model import model_from_proto
+from morphcli.learn.penalty import MorphNetPenalty
+from morphcli.resources.cost import build_cost_model
 from tests.conftest import SAMPLE_MODELS
 
 
@@ -163,7 +163,7 @@ def test_gradient_matches_finite_differences(hand):
 
 @pytest.mark.parametrize("name", ["resnet.onnx", "mobilenetv2.onnx", "inception.onnx"])
 def test_cost_at_full_width_equals_analyzed_flops(name):
-    from morphcli.model import load_model
+    from morphcli.graph.model import load_model
 
     model = load_model(SAMPLE_MODELS / name)
     cg = build_channel_graph(model)

@@ -11,10 +11,12 @@ from PIL import Image
 from rich.console import Console
 from torch import nn
 
-from morphcli.data import ImageOptions, split_data
 from morphcli.errors import MorphError
-from morphcli.progress import Progress
-from morphcli.train import Objective, Schedule, Strength, evaluate, fit
+from morphcli.learn.data import ImageOptions, split_data
+from morphcli.learn.objective import Objective
+from morphcli.learn.progress import Progress
+from morphcli.learn.strength import Strength
+from morphcli.learn.train import Schedule, evaluate, fit
 
 GRAY_28 = ImageOptions(channels=1, size=(28, 28))
 

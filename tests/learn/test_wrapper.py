@@ -17,8 +17,8 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from morphcli.errors import MorphError
-from morphcli.runtime import session
-from morphcli.wrapper import OnnxModule
+from morphcli.graph.runtime import session
+from morphcli.learn.wrapper import OnnxModule
 from tests.conftest import ROOT, SAMPLE_MODELS, input_shapes_for, real_model_paths
 
 MODELS = real_model_paths() + sorted(SAMPLE_MODELS.glob("*.onnx"))
@@ -330,7 +330,7 @@ def test_torch_compile_captures_one_graph() -> None:
 
 def test_import_morphcli_does_not_import_torch() -> None:
     code = (
-        "import sys, morphcli, morphcli.ops, morphcli.channels, morphcli.cost;"
+        "import sys, morphcli, morphcli.ops, morphcli.graph.builder, morphcli.resources.cost;"
         "assert 'torch' not in sys.modules, 'torch imported';"
         "assert morphcli.OnnxModule.__name__ == 'OnnxModule'"
     )

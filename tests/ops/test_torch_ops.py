@@ -16,10 +16,10 @@ import pytest
 import torch
 from onnx import helper, numpy_helper
 
+from morphcli.graph.runtime import run_model
+from morphcli.learn.wrapper import OnnxModule
 from morphcli.ops import REGISTRY
-from morphcli.ops.shape import batch_scaled
-from morphcli.runtime import run_model
-from morphcli.wrapper import OnnxModule
+from morphcli.ops.reshape import batch_scaled
 
 RNG = np.random.default_rng(0)
 I64_MAX = np.iinfo(np.int64).max

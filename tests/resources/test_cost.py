@@ -11,10 +11,11 @@ import onnx_graphsurgeon as gs
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from morphcli.channels import build_channel_graph
-from morphcli.cost import build_cost_model, parse_target
 from morphcli.errors import MorphError
-from morphcli.model import Model, load_model, model_from_proto
+from morphcli.graph.builder import build_channel_graph
+from morphcli.graph.model import Model, load_model, model_from_proto
+from morphcli.resources.cost import build_cost_model
+from morphcli.resources.targets import parse_target
 from tests.conftest import input_shapes_for, real_model_paths, sample_model_paths
 
 

@@ -14,12 +14,12 @@ import numpy as np
 import onnx
 import pytest
 
-from morphcli.channels import build_channel_graph
-from morphcli.checkpoint import CHECKPOINT_NAME
 from morphcli.cli import main
-from morphcli.cost import build_cost_model
-from morphcli.model import load_model
-from morphcli.runtime import run_model
+from morphcli.graph.builder import build_channel_graph
+from morphcli.graph.model import load_model
+from morphcli.graph.runtime import run_model
+from morphcli.learn.checkpoint import CHECKPOINT_NAME
+from morphcli.resources.cost import build_cost_model
 from tests.conftest import ROOT, SAMPLE_MODELS
 
 TRAINED = str(SAMPLE_MODELS / "resnet_fashion_trained.onnx")

@@ -14,11 +14,13 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from morphcli.channels import FILTER, IN, ChannelGraph, build_channel_graph
 from morphcli.errors import EXIT_INTERNAL, MorphError
-from morphcli.model import Model, dummy_inputs, load_model, model_from_proto
-from morphcli.runtime import run_model
-from morphcli.surgery import Init, apply_copies, check_result, index_map
+from morphcli.graph.builder import build_channel_graph
+from morphcli.graph.channels import FILTER, IN, ChannelGraph
+from morphcli.graph.model import Model, load_model, model_from_proto
+from morphcli.graph.runtime import dummy_inputs, run_model
+from morphcli.surgery.apply import Init, apply_copies, check_result
+from morphcli.surgery.index_maps import index_map
 from tests.conftest import input_shapes_for, real_model_paths, sample_model_paths
 
 # Graph-only models carry placeholder weights (every filter equal): random weights make

@@ -8,15 +8,16 @@ import numpy as np
 import onnx
 import pytest
 
-from morphcli.channels import build_channel_graph
 from morphcli.cli import main
-from morphcli.cost import CostModel, build_cost_model
-from morphcli.expand import multiplier_widths, run_expand
-from morphcli.importance import class_importance, copies_for_widths
-from morphcli.model import load_model
-from morphcli.surgery import apply_copies
+from morphcli.graph.builder import build_channel_graph
+from morphcli.graph.model import load_model
+from morphcli.resources.cost import CostModel, build_cost_model
+from morphcli.surgery.apply import apply_copies
+from morphcli.surgery.expand import run_expand
+from morphcli.surgery.importance import class_importance
+from morphcli.surgery.widths import copies_for_widths, multiplier_widths
 from tests.conftest import input_shapes_for, real_model_paths, sample_model_paths
-from tests.test_surgery import GRAPH_ONLY_PREFIX, assert_outputs_close, float32_noise, run
+from tests.surgery.test_apply import GRAPH_ONLY_PREFIX, assert_outputs_close, float32_noise, run
 
 SAMPLES = {p.stem: p for p in sample_model_paths()}
 REAL_WEIGHTS = [p for p in real_model_paths() if not p.name.startswith(GRAPH_ONLY_PREFIX)]

@@ -10,15 +10,17 @@ import numpy as np
 import onnx
 import pytest
 
-from morphcli.channels import FILTER, PARAM, ChannelGraph, build_channel_graph
 from morphcli.cli import main
-from morphcli.cost import build_cost_model
-from morphcli.importance import class_importance
-from morphcli.model import Model, load_model, model_from_proto, save_model
-from morphcli.prune import run_prune
-from morphcli.surgery import apply_copies
+from morphcli.graph.builder import build_channel_graph
+from morphcli.graph.channels import FILTER, PARAM, ChannelGraph
+from morphcli.graph.model import Model, load_model, model_from_proto
+from morphcli.outputs import save_model
+from morphcli.resources.cost import build_cost_model
+from morphcli.surgery.apply import apply_copies
+from morphcli.surgery.importance import class_importance
+from morphcli.surgery.prune import run_prune
 from tests.conftest import REAL_MODELS, input_shapes_for, sample_model_paths
-from tests.test_surgery import assert_outputs_close, run
+from tests.surgery.test_apply import assert_outputs_close, run
 
 SAMPLES = {p.stem: p for p in sample_model_paths()}
 

@@ -1,4 +1,4 @@
-"""Load, validate and normalise an ONNX model, fix its dynamic dims and find every shape.
+"""A loaded model: its working graph, normalised, with every tensor's shape and dtype.
 
 The working graph is an onnx-graphsurgeon ``Graph`` from load to save. Constant and
 ConstantOfShape weight subgraphs become constants (a ConstantOfShape weight stays a
@@ -10,27 +10,17 @@ channel counts into the model.
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from google.protobuf.message import DecodeError
-from onnx import TensorProto, helper
 
 from morphcli.errors import MorphError
+from morphcli.graph.load import read_proto
+from morphcli.graph.runtime import quiet_graphsurgeon
+from morphcli.graph.shapes import infer_shapes, set_versions
 from morphcli.ops.base import Shape
-from morphcli.runtime import quiet_graphsurgeon, run_model
-
-# Constants larger than this are declared as typed inputs, not copied, for shape inference.
-_LARGE_CONSTANT_BYTES = 1 << 20
-# IR < 4 requires every initializer to be listed as a graph input too; graphsurgeon does not
-# list them, so exported models use at least IR 4 (the opsets stay the user's).
-_MIN_IR_VERSION = 4
 
 
 @dataclass
@@ -56,7 +46,7 @@ class Model:
         """The working graph as a ModelProto with the input model's opsets and metadata."""
         proto = gs.export_onnx(self.graph, do_type_check=False)
         info = self.proto_info
-        _set_versions(proto, info)
+        set_versions(proto, info)
         proto.producer_name = info["producer_name"]
         proto.producer_version = info["producer_version"]
         proto.domain = info["domain"]
@@ -65,62 +55,6 @@ class Model:
         del proto.metadata_props[:]
         proto.metadata_props.extend(info["metadata_props"])
         return proto
-
-
-def parse_shape(text: str) -> list[int]:
-    """``1x3x224x224`` (or ``1,3,224,224``) as a list of positive ints."""
-    parts = text.replace(",", "x").split("x")
-    try:
-        dims = [int(p) for p in parts]
-    except ValueError:
-        raise MorphError(f"bad shape {text!r}: expected dims like 1x3x224x224") from None
-    if not dims or any(d <= 0 for d in dims):
-        raise MorphError(f"bad shape {text!r}: every dim must be a positive integer")
-    return dims
-
-
-def parse_input_shape(text: str) -> tuple[str, list[int]]:
-    """``NAME=1x3x224x224`` as (name, dims); the flag value of ``--input-shape``."""
-    name, sep, dims = text.rpartition("=")
-    if not sep or not name:
-        raise MorphError(f"bad --input-shape {text!r}: expected NAME=1x3x224x224")
-    return name, parse_shape(dims)
-
-
-def read_proto(path: str | os.PathLike) -> onnx.ModelProto:
-    """Read and check an ONNX file (external data included); every failure is a MorphError."""
-    path = str(path)
-    if not os.path.exists(path):
-        raise MorphError("no such file", file=path)
-    if os.path.isdir(path):
-        raise MorphError("is a directory, expected an ONNX file", file=path)
-    try:
-        proto = onnx.load(path, load_external_data=False)
-    except (DecodeError, ValueError, RuntimeError, OSError) as error:
-        raise MorphError(f"not a readable ONNX model ({type(error).__name__})", file=path) from None
-    if not proto.graph.node:
-        raise MorphError("not an ONNX model (no graph nodes)", file=path)
-    base = os.path.dirname(os.path.abspath(path))
-    for tensor in _external_tensors(proto):
-        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
-        if not os.path.exists(os.path.join(base, location)):
-            raise MorphError(
-                f"external data file {location!r} of tensor {tensor.name!r} is missing", file=path
-            )
-    try:
-        onnx.load_external_data_for_model(proto, base)
-    except (OSError, ValueError) as error:
-        raise MorphError(f"cannot read external data: {error}", file=path) from None
-    try:
-        onnx.checker.check_model(proto)
-    except onnx.checker.ValidationError as error:
-        first = str(error).strip().splitlines()[0]
-        raise MorphError(f"invalid ONNX model: {first}", file=path) from None
-    return proto
-
-
-def _external_tensors(proto: onnx.ModelProto) -> list[TensorProto]:
-    return [t for t in proto.graph.initializer if t.data_location == TensorProto.EXTERNAL]
 
 
 def load_model(path: str | os.PathLike, input_shapes: dict[str, list[int]] | None = None) -> Model:
@@ -161,7 +95,7 @@ def model_from_proto(
     _constants_to_initializers(graph)
     _name_nodes(graph)
     graph.toposort()
-    shapes, dtypes = _infer_shapes(graph, fixed, info, path)
+    shapes, dtypes = infer_shapes(graph, fixed, info, path)
     return Model(path, graph, shapes, dtypes, fixed, info)
 
 
@@ -266,140 +200,3 @@ def _constant_node_value(node: gs.Node) -> np.ndarray | None:
         if key in attrs:
             return np.asarray(attrs[key], dtype=dtype)
     return None
-
-
-def shape_proto(graph: gs.Graph, fixed: dict[str, Shape], info: dict) -> onnx.ModelProto:
-    """A light copy of the graph for shape inference: big constants become typed inputs."""
-    light = graph.copy()
-    for tensor in list(light.tensors().values()):
-        if isinstance(tensor, gs.Constant) and tensor.values.nbytes > _LARGE_CONSTANT_BYTES:
-            dtype, shape = tensor.dtype, tuple(tensor.shape)
-            tensor.to_variable(dtype=dtype, shape=shape)
-            tensor.type = "tensor_type"  # to_variable leaves it unset; the exporter reads it
-            light.inputs.append(tensor)
-    for tensor in light.inputs:
-        if tensor.name in fixed:
-            tensor.shape = list(fixed[tensor.name])
-    for tensor in light.outputs:
-        tensor.shape = None
-    for tensor in light.tensors().values():
-        if isinstance(tensor, gs.Variable) and tensor not in light.inputs:
-            tensor.shape = None
-    proto = gs.export_onnx(light, do_type_check=False)
-    _set_versions(proto, info)
-    return proto
-
-
-def _set_versions(proto: onnx.ModelProto, info: dict) -> None:
-    proto.ir_version = max(info["ir_version"], _MIN_IR_VERSION)
-    del proto.opset_import[:]
-    proto.opset_import.extend(info["opset_import"])
-
-
-def _infer_shapes(
-    graph: gs.Graph, fixed: dict[str, Shape], info: dict, path: str
-) -> tuple[dict[str, Shape], dict[str, np.dtype]]:
-    shapes: dict[str, Shape] = {}
-    dtypes: dict[str, np.dtype] = {}
-    for name, tensor in graph.tensors().items():
-        if isinstance(tensor, gs.Constant):
-            shapes[name] = tuple(int(d) for d in tensor.shape)
-            dtypes[name] = np.dtype(tensor.dtype)
-    shapes.update(fixed)
-    proto = shape_proto(graph, fixed, info)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
-    except Exception:
-        inferred = proto
-    for value in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]:
-        tensor_type = value.type.tensor_type
-        if tensor_type.elem_type:
-            dtypes.setdefault(value.name, helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
-        if tensor_type.HasField("shape"):
-            dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor_type.shape.dim]
-            if all(d >= 0 for d in dims):
-                shapes.setdefault(value.name, tuple(dims))
-    used = {t.name for t in graph.outputs}
-    missing = [
-        t.name
-        for node in graph.nodes
-        for t in node.outputs
-        if t.name and t.name not in shapes and (t.outputs or t.name in used)
-    ]
-    if missing:
-        run_shapes, run_dtypes = _shapes_by_running(graph, fixed, info, missing, path)
-        shapes.update(run_shapes)
-        for name, dtype in run_dtypes.items():
-            dtypes.setdefault(name, dtype)
-    for tensor in graph.tensors().values():
-        if tensor.dtype is not None and tensor.name not in dtypes:
-            dtypes[tensor.name] = np.dtype(tensor.dtype)
-    return shapes, dtypes
-
-
-def _shapes_by_running(
-    graph: gs.Graph, fixed: dict[str, Shape], info: dict, names: list[str], path: str
-) -> tuple[dict[str, Shape], dict[str, np.dtype]]:
-    """Shapes shape inference could not find, read off one onnxruntime run on a dummy input."""
-    probe = graph.copy()
-    tensors = probe.tensors()
-    probe.outputs = [tensors[n] for n in names if n in tensors]
-    for tensor in probe.outputs:
-        tensor.dtype, tensor.shape = None, None
-    for tensor in probe.inputs:
-        tensor.shape = list(fixed[tensor.name])
-    proto = gs.export_onnx(probe, do_type_check=False)
-    _set_versions(proto, info)
-    feeds = dummy_inputs(proto, fixed)
-    try:
-        outputs = run_model(proto, feeds)
-    except Exception as error:
-        message = str(error).strip().splitlines()[0]
-        raise MorphError(
-            f"onnxruntime cannot run the model to find shapes: {message}", file=path
-        ) from None
-    shapes = {n: tuple(int(d) for d in np.shape(v)) for n, v in outputs.items()}
-    dtypes = {n: np.asarray(v).dtype for n, v in outputs.items()}
-    return shapes, dtypes
-
-
-def dummy_inputs(
-    proto: onnx.ModelProto, shapes: dict[str, Shape], seed: int = 0
-) -> dict[str, np.ndarray]:
-    """Random inputs of the given shapes and the declared dtypes (ints are small and >= 0)."""
-    rng = np.random.default_rng(seed)
-    initializers = {t.name for t in proto.graph.initializer}
-    feeds = {}
-    for value in proto.graph.input:
-        if value.name in initializers:
-            continue
-        dtype = helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
-        shape = shapes[value.name]
-        if np.issubdtype(dtype, np.floating):
-            feeds[value.name] = rng.standard_normal(shape).astype(dtype)
-        elif dtype == np.bool_:
-            feeds[value.name] = rng.integers(0, 2, shape).astype(bool)
-        else:
-            feeds[value.name] = rng.integers(0, 4, shape).astype(dtype)
-    return feeds
-
-
-def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
-    """Write a file atomically: ``write(stream)`` fills a temp file in the target's folder,
-    which is then renamed over the target, so a reader never sees a half-written file."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def save_model(proto: onnx.ModelProto, path: str | os.PathLike) -> None:
-    """Write a model atomically."""
-    write_atomic(path, lambda stream: stream.write(proto.SerializeToString()))

@@ -6,6 +6,9 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
+from onnx import helper
+
+from morphcli.ops.base import Shape
 
 # Graph-optimizer chatter (e.g. "cannot remove node") is noise for users: errors only.
 ort.set_default_logger_severity(3)
@@ -32,3 +35,24 @@ def run_model(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str,
 def quiet_graphsurgeon() -> None:
     """graphsurgeon logs hints to stdout, which must stay clean for ``--json``."""
     gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.CRITICAL
+
+
+def dummy_inputs(
+    proto: onnx.ModelProto, shapes: dict[str, Shape], seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Random inputs of the given shapes and the declared dtypes (ints are small and >= 0)."""
+    rng = np.random.default_rng(seed)
+    initializers = {t.name for t in proto.graph.initializer}
+    feeds = {}
+    for value in proto.graph.input:
+        if value.name in initializers:
+            continue
+        dtype = helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+        shape = shapes[value.name]
+        if np.issubdtype(dtype, np.floating):
+            feeds[value.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype == np.bool_:
+            feeds[value.name] = rng.integers(0, 2, shape).astype(bool)
+        else:
+            feeds[value.name] = rng.integers(0, 4, shape).astype(dtype)
+    return feeds

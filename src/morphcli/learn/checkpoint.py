@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from morphcli.errors import MorphError
-from morphcli.model import write_atomic
+from morphcli.outputs import write_atomic
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LEARN, FINETUNE = "learn", "finetune"

@@ -33,8 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from morphcli.channels import FILTER, SCALE, ChannelGraph, Follow
-from morphcli.cost import CostModel, build_cost_model
+from morphcli.graph.channels import FILTER, SCALE, ChannelGraph, Follow
+from morphcli.resources.cost import CostModel, build_cost_model
 
 GAMMA_THRESHOLD = 1e-2
 LASSO_RELATIVE_THRESHOLD = 1e-2
@@ -153,7 +153,7 @@ class MorphNetPenalty:
     """
 
     def __init__(self, module: torch.nn.Module, resource: str = "flops", mode: str = "auto"):
-        from morphcli.channels import build_channel_graph
+        from morphcli.graph.builder import build_channel_graph
 
         model = module.model
         cg = build_channel_graph(model)

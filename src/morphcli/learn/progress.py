@@ -18,10 +18,10 @@ from rich.progress import (
 )
 from rich.progress import Progress as RichProgress
 
-from morphcli.report import human
+from morphcli.report.format import human
 
 if TYPE_CHECKING:
-    from morphcli.train import EpochStats
+    from morphcli.learn.train import EpochStats
 
 
 class Progress:

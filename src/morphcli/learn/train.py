@@ -1,4 +1,4 @@
-"""The training loop: task or distillation loss, the penalty's strength, progress, epochs.
+"""The training loop: epochs of the task loss plus the penalty, optimizers, BN recalibration.
 
 ``fit`` runs whole epochs of ``loss + lambda * penalty`` (no penalty when fine-tuning) with
 SGD (momentum 0.9) or Adam at a fixed learning rate, shuffling with a generator seeded by
@@ -13,149 +13,24 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from morphcli.errors import MorphError
-from morphcli.penalty import MorphNetPenalty
-from morphcli.progress import Progress
+from morphcli.learn.objective import Objective, batch_parts, outputs_of
+from morphcli.learn.penalty import MorphNetPenalty
+from morphcli.learn.progress import Progress
+from morphcli.learn.strength import Strength
 
 DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3}
 MOMENTUM = 0.9
-# lambda auto (see Strength): raise by this factor, up to MAX_RAISE times the initial value,
-# aiming to reach the goal by DEADLINE of the phase's steps (the rest lets the new structure
-# settle); checks run CHECKS_PER_EPOCH times an epoch but at least MIN_CHECK_STEPS apart.
-RAISE = 2.0
-MAX_RAISE = 8.0
+# lambda auto (see Strength) aims to reach its goal by DEADLINE of the phase's steps (the
+# rest lets the new structure settle); checks run CHECKS_PER_EPOCH times an epoch but at
+# least MIN_CHECK_STEPS apart.
 DEADLINE = 0.75
 CHECKS_PER_EPOCH = 4
 MIN_CHECK_STEPS = 20
 # Batches that refresh BN running statistics (momentum 0.1: the old values keep 0.9^50).
 RECALIBRATION_BATCHES = 50
-
-
-def outputs_of(result: torch.Tensor | tuple | list | dict) -> tuple[torch.Tensor, ...]:
-    """A module's result as a tuple of tensors, whatever the number of outputs."""
-    if isinstance(result, torch.Tensor):
-        return (result,)
-    if isinstance(result, dict):
-        return tuple(result.values())
-    return tuple(result)
-
-
-def batch_parts(batch: torch.Tensor | tuple | list) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if isinstance(batch, (tuple, list)):
-        return batch[0], (batch[1] if len(batch) > 1 else None)
-    return batch, None
-
-
-class Objective:
-    """The task loss: cross entropy on labels, or distillation from a teacher's outputs.
-
-    Distillation compares each output with the teacher's: for a [N, C] output (logits) with
-    ``T^2 * KL(softmax(t / T) || softmax(s / T))``, for any other shape with the mean squared
-    error divided by the variance of the teacher's output (1 = as bad as predicting the mean).
-    The teacher runs in the student's mode (``train``): while training, both normalise with
-    batch statistics, so the loss starts at 0 whatever the original running statistics are
-    (the teacher's own running statistics then follow the data, as the student's do).
-
-    Args:
-        teacher: The frozen original model; None with labels.
-        temperature: T for logits. Defaults to 1.
-    """
-
-    def __init__(self, teacher: nn.Module | None = None, temperature: float = 1.0) -> None:
-        self.teacher = teacher
-        self.temperature = temperature
-
-    @property
-    def distills(self) -> bool:
-        return self.teacher is not None
-
-    def train(self, mode: bool = True) -> None:
-        """Run the teacher in training (batch statistics) or eval mode, as the student."""
-        if self.teacher is not None:
-            self.teacher.train(mode)
-
-    def __call__(
-        self, outputs: tuple[torch.Tensor, ...], x: torch.Tensor, y: torch.Tensor | None
-    ) -> torch.Tensor:
-        if self.teacher is None:
-            return self._cross_entropy(outputs, y)
-        with torch.no_grad():
-            targets = outputs_of(self.teacher(x))
-        return sum(self._distill(s, t) for s, t in zip(outputs, targets, strict=True))
-
-    def _cross_entropy(self, outputs: tuple[torch.Tensor, ...], y: torch.Tensor) -> torch.Tensor:
-        if y is None:
-            raise MorphError("the data has no labels: use distillation (--loss distill)")
-        if len(outputs) != 1:
-            raise MorphError(f"labels need a model with one output, it has {len(outputs)}")
-        logits = outputs[0]
-        classes = logits.shape[1] if logits.dim() > 1 else 1
-        low, high = int(y.min()), int(y.max())
-        if low < 0 or high >= classes:
-            raise MorphError(
-                f"labels out of range: found {low}..{high}, the model's output has "
-                f"{classes} classes (0..{classes - 1})"
-            )
-        return F.cross_entropy(logits, y)
-
-    def _distill(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-        if student.dim() == 2 and student.shape[1] > 1:
-            t = self.temperature
-            return t * t * F.kl_div(
-                F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1),
-                reduction="batchmean", log_target=True,
-            )  # fmt: skip
-        scale = teacher.var().clamp_min(1e-12)
-        return F.mse_loss(student, teacher) / scale
-
-    def accuracy(self, outputs: tuple[torch.Tensor, ...], y: torch.Tensor | None) -> float | None:
-        """Top-1 accuracy (over every labelled position) with labels, else None."""
-        if y is None:
-            return None
-        return float((outputs[0].argmax(1) == y).float().mean())
-
-
-@dataclass
-class Strength:
-    """lambda, the penalty's weight.
-
-    ``auto``: at each check, lambda is raised by RAISE (never beyond MAX_RAISE times its first
-    value) when the alive cost is over ``goal`` and is not on track to reach it by the
-    deadline: neither the alive cost nor the penalty fell since the last check by the
-    fraction ``1 - (goal / alive) ** (window / steps_left)`` that a steady geometric decline
-    would need. Channels cross the alive threshold some steps after lambda starts to shrink
-    them; the penalty (a continuous measure of the same cost) shows that progress early, so
-    lambda does not keep rising while channels are already on their way out. Under the goal
-    lambda is lowered by RAISE (not below its first value), which stops the cascade of dying
-    channels that a raised lambda keeps feeding. The cap keeps lambda where the per-step
-    change of a scale stays small next to the alive threshold: a far stronger lambda makes
-    scales jump across zero by more than the threshold, and nothing ever counts as dead.
-    """
-
-    value: float
-    auto: bool = False
-    goal: float = 0.0
-    last_cost: float | None = None
-    last_penalty: float | None = None
-    initial: float | None = None
-
-    def __post_init__(self) -> None:
-        self.initial = self.value if self.initial is None else self.initial
-
-    def check(self, alive_cost: float, penalty: float, window: int, steps_left: int) -> None:
-        """One check, ``window`` steps after the last, ``steps_left`` before the deadline."""
-        if self.auto and self.last_cost and self.last_penalty and alive_cost > self.goal:
-            needed = 1.0 - (self.goal / alive_cost) ** (window / max(steps_left, window))
-            moved = max(1.0 - alive_cost / self.last_cost, 1.0 - penalty / self.last_penalty)
-            if moved < needed:
-                self.value = min(self.value * RAISE, MAX_RAISE * self.initial)
-        elif self.auto and alive_cost < self.goal:
-            self.value = max(self.value / RAISE, self.initial)
-        self.last_cost, self.last_penalty = alive_cost, penalty
 
 
 @dataclass

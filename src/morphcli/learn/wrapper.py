@@ -24,9 +24,10 @@ import torch
 from torch import nn
 
 from morphcli.errors import MorphError
-from morphcli.model import Model, load_model, model_from_proto, save_model
+from morphcli.graph.model import Model, load_model, model_from_proto
 from morphcli.ops import rule_for
 from morphcli.ops.base import Shape
+from morphcli.outputs import save_model
 
 # Slot 0 always holds None (an absent optional input reads it); slot 1 takes the values of
 # omitted optional outputs, which nothing reads.

@@ -19,6 +19,7 @@ RULE_MODULES = (
     "morphcli.ops.elementwise",
     "morphcli.ops.concat",
     "morphcli.ops.shape",
+    "morphcli.ops.reshape",
     "morphcli.ops.reduce",
 )
 

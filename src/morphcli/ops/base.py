@@ -16,9 +16,9 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 if TYPE_CHECKING:
-    from morphcli.channels import ChannelBuilder
-    from morphcli.surgery import RewriteContext
-    from morphcli.wrapper import TorchContext
+    from morphcli.graph.builder import ChannelBuilder
+    from morphcli.learn.wrapper import TorchContext
+    from morphcli.surgery.apply import RewriteContext
 
 Shape = tuple[int, ...]
 

@@ -1,4 +1,4 @@
-"""What commands show: the analysis as a JSON-ready dict, and its rich rendering.
+"""The analysis: a JSON-ready dict, and its rich rendering.
 
 The dict is the single source: ``--json`` prints it as is and the tables are drawn from it,
 so the human and machine views never disagree.
@@ -12,19 +12,12 @@ import onnx_graphsurgeon as gs
 from rich.console import Console
 from rich.table import Table
 
-from morphcli.channels import ChannelGraph
-from morphcli.cost import CostModel
-from morphcli.model import Model
+from morphcli.graph.channels import ChannelGraph
+from morphcli.graph.model import Model
+from morphcli.report.format import human
+from morphcli.resources.cost import CostModel
 
 MAX_GROUP_PRODUCERS_SHOWN = 3
-
-
-def human(value: float) -> str:
-    """1234567 -> '1.23M' (k, M, G, T)."""
-    for factor, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= factor:
-            return f"{value / factor:.3g}{suffix}"
-    return f"{value:.0f}" if float(value).is_integer() else f"{value:.3g}"
 
 
 def _groups_of(cg: ChannelGraph, tensors: list[gs.Tensor]) -> list[int]:
@@ -80,10 +73,6 @@ def analysis(model: Model, cg: ChannelGraph, cm: CostModel) -> dict[str, Any]:
         "groups": groups,
         "warnings": list(cg.warnings),
     }
-
-
-def _channels(shape: list[int]) -> str:
-    return str(shape[1]) if len(shape) >= 2 else "-"
 
 
 def render_analysis(doc: dict[str, Any], console: Console, all_ops: bool = False) -> None:
@@ -146,77 +135,3 @@ def render_analysis(doc: dict[str, Any], console: Console, all_ops: bool = False
     )
     for warning in doc["warnings"]:
         console.print(f"[yellow]warning:[/yellow] {warning}")
-
-
-BAR_WIDTH = 18
-
-
-def _bar(value: int, largest: int) -> str:
-    filled = max(1, round(BAR_WIDTH * value / largest)) if value else 0
-    return "█" * filled + " " * (BAR_WIDTH - filled)
-
-
-def _layer_name(label: str) -> str:
-    """A producer node name, shorter: no op-type tail, no scope repeated by the next one
-    ('/stages/stages.0/conv1/conv1.0/Conv' -> 'stages.0/conv1.0')."""
-    parts = [p for p in label.split("/") if p]
-    if len(parts) > 1 and parts[-1][:1].isupper():
-        parts = parts[:-1]
-    kept = [p for p, after in zip(parts, [*parts[1:], ""], strict=True) if not after.startswith(p)]
-    return "/".join(kept) or label
-
-
-def render_width_bars(before: dict[str, int], after: dict[str, int], console: Console) -> None:
-    """Per-layer widths before and after as paired bars (the MorphNet paper's picture)."""
-    largest = max([*before.values(), *after.values(), 1])
-    table = Table(title="Layer widths", title_justify="left", pad_edge=False, box=None)
-    table.add_column("layer", overflow="fold", max_width=26)
-    table.add_column("input", no_wrap=True)
-    table.add_column("result", no_wrap=True)
-    for label, width in before.items():
-        new = after.get(label, 0)
-        color = "green" if new > width else "red" if new < width else "white"
-        table.add_row(
-            _layer_name(label),
-            f"[dim]{_bar(width, largest)}[/dim] {width:>4}",
-            f"[{color}]{_bar(new, largest)}[/{color}] {new:>4}",
-        )
-    console.print(table)
-
-
-def _quality(entry: dict[str, Any] | None) -> str:
-    if not entry:
-        return "-"
-    text = f"loss {entry['loss']:.4f}"
-    if entry.get("accuracy") is not None:
-        text += f", accuracy {entry['accuracy']:.2%}"
-    return text
-
-
-def render_shrink(report: dict[str, Any], console: Console) -> None:
-    """The shrink report: widths chart, cost at every step, validation, and the verdict."""
-    steps = report["steps"]
-    render_width_bars(steps[0]["widths"], steps[-1]["widths"], console)
-    table = Table(title="Steps", title_justify="left", pad_edge=False)
-    table.add_column("step")
-    table.add_column("FLOPs", justify="right")
-    table.add_column("params", justify="right")
-    table.add_column("multiplier", justify="right")
-    for step in steps:
-        omega = step.get("multiplier")
-        table.add_row(
-            step["step"],
-            human(step["flops"]),
-            human(step["params"]),
-            "" if omega is None else f"{omega:.3f}",
-        )
-    console.print(table)
-    for name, entry in report["validation"].items():
-        console.print(f"validation, {name}: {_quality(entry)}")
-    unit = "FLOPs" if report["resource"] == "flops" else "params"
-    verdict = "[green]met[/green]" if report["met"] else "[red]not met[/red]"
-    console.print(
-        f"[bold]{human(report['reached'])} {unit}[/bold] = {report['fraction_of_target']:.1%} "
-        f"of the target {human(report['target'])} (band 97-100%): {verdict}; "
-        f"written to {report['output']}"
-    )

@@ -9,8 +9,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from morphcli.channels import ChannelGraph
-from morphcli.report import human
+from morphcli.graph.channels import ChannelGraph
+from morphcli.report.format import human
 
 MAX_PINNED_SHOWN = 5
 

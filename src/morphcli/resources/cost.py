@@ -15,9 +15,8 @@ from math import prod
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from morphcli.channels import ChannelGraph
-from morphcli.errors import MorphError
-from morphcli.model import Model
+from morphcli.graph.channels import ChannelGraph
+from morphcli.graph.model import Model
 from morphcli.ops import rule_for
 
 
@@ -181,26 +180,3 @@ def build_cost_model(model: Model, cg: ChannelGraph) -> CostModel:
             param_terms.append(_term(node.name, 1.0, sizes, const=tensor.name))
     n = len(cg.groups)
     return CostModel(cg.widths(), TermTable(flop_terms, n), TermTable(param_terms, n))
-
-
-_SUFFIXES = {"k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
-
-
-def parse_target(text: str, reference: float, flag: str = "target") -> float:
-    """A resource amount as users write it: ``50%`` (of ``reference``), ``1.2G``, ``300M``,
-    ``45k`` or a plain number. Zero, negative or malformed values are a MorphError."""
-    raw = text.strip()
-    try:
-        if raw.endswith("%"):
-            value = float(raw[:-1]) / 100.0 * reference
-        elif raw and raw[-1].lower() in _SUFFIXES:
-            value = float(raw[:-1]) * _SUFFIXES[raw[-1].lower()]
-        else:
-            value = float(raw)
-    except ValueError:
-        raise MorphError(
-            f"bad {flag} {text!r}: expected e.g. 50%, 1.2G, 300M, 45k or a plain number"
-        ) from None
-    if not np.isfinite(value) or value <= 0:
-        raise MorphError(f"bad {flag} {text!r}: must be positive")
-    return value

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from morphcli.channels import FILTER, IN, SCALE, ChannelGraph
-from morphcli.importance import class_importance
-from morphcli.model import Model, dummy_inputs
+from morphcli.graph.channels import FILTER, IN, SCALE, ChannelGraph
+from morphcli.graph.model import Model
+from morphcli.graph.runtime import dummy_inputs, run_model
 from morphcli.ops import rule_for
-from morphcli.runtime import run_model
+from morphcli.surgery.importance import class_importance
 
 # Two probe inputs: a channel equal over both and over every position is input-independent.
 PROBE_SEEDS = (1, 2)

@@ -1,80 +1,20 @@
-"""Expand: one width multiplier for every removable group (MorphNet's uniform expansion).
-
-A multiplier W gives each removable group ``round(W * width)`` channels, rounded to a
-multiple of ``round_to``; pinned groups keep theirs. Above 1 channels are replicated (the
-most important first when W * width is not a multiple of the width), below 1 the most
-important are kept. For a resource target, W is the largest multiplier whose rounded widths
-fit it: a bisection over the cost model, not over surgery runs.
-"""
+"""``morphnet expand``: one width multiplier for every removable group (MorphNet's uniform
+expansion), given or fitted to a resource target (``widths``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
-from morphcli.channels import ChannelGraph, build_channel_graph
-from morphcli.cost import CostModel, build_cost_model, parse_target
-from morphcli.errors import EXIT_BUDGET, MorphError
-from morphcli.importance import class_importance, copies_for_widths, rounded_width
-from morphcli.model import load_model
-from morphcli.resize import check_output_path, resize
-from morphcli.surgery import PRESERVE, Init
-
-# The search stops widening here: a model 1000x wider than the input is not a sane target.
-MAX_MULTIPLIER = 1000.0
-BISECTION_STEPS = 60
-
-
-def multiplier_widths(cg: ChannelGraph, multiplier: float, round_to: int = 1) -> np.ndarray:
-    """Every removable group's width times ``multiplier``, rounded; pinned groups unchanged."""
-    if not multiplier > 0:
-        raise MorphError(f"bad --multiplier {multiplier}: must be positive")
-    return np.array(
-        [
-            rounded_width(multiplier * g.width, g.width, round_to) if g.prunable else g.width
-            for g in cg.groups
-        ],
-        dtype=np.int64,
-    )
-
-
-def target_multiplier(
-    cm: CostModel, cg: ChannelGraph, kind: str, target: float, round_to: int = 1
-) -> float:
-    """The largest multiplier whose rounded widths cost at most ``target``.
-
-    Raises:
-        MorphError: exit code 1 when the narrowest widths already cost more than the target,
-            or when even ``MAX_MULTIPLIER`` stays under it (no removable group).
-    """
-
-    def cost(w: float) -> float:
-        return cm.resource(kind, multiplier_widths(cg, w, round_to).astype(np.float64))
-
-    low = 1e-9  # every removable group at its narrowest
-    if cost(low) > target:
-        raise MorphError(
-            f"the target {kind} {target:.4g} is unreachable: the smallest reachable is "
-            f"{cost(low):.4g} (every removable group at its narrowest)",
-            exit_code=EXIT_BUDGET,
-        )
-    high = 1.0
-    while cost(high) <= target:
-        if high >= MAX_MULTIPLIER:
-            raise MorphError(
-                f"the target {kind} {target:.4g} is unreachable: {MAX_MULTIPLIER:g}x widths "
-                f"cost only {cost(high):.4g} (few or no removable groups)",
-                exit_code=EXIT_BUDGET,
-            )
-        low, high = high, high * 2
-    for _ in range(BISECTION_STEPS):
-        mid = (low + high) / 2
-        if cost(mid) <= target:
-            low = mid
-        else:
-            high = mid
-    return low
+from morphcli.errors import MorphError
+from morphcli.graph.builder import build_channel_graph
+from morphcli.graph.model import load_model
+from morphcli.outputs import check_output_path
+from morphcli.resources.cost import build_cost_model
+from morphcli.resources.targets import parse_target
+from morphcli.surgery.apply import PRESERVE, Init
+from morphcli.surgery.importance import class_importance
+from morphcli.surgery.widths import copies_for_widths, multiplier_widths, target_multiplier
+from morphcli.surgery.write import write_result
 
 
 def run_expand(
@@ -123,7 +63,7 @@ def run_expand(
         extra["target"] = {"kind": kind, "value": round(value)}
     widths = multiplier_widths(cg, multiplier, round_to)
     copies = copies_for_widths(cg, class_importance(model, cg), widths)
-    return resize(
+    return write_result(
         "expand",
         model,
         cg,

@@ -1,4 +1,4 @@
-"""Channel importance and the copy counts that give each group a chosen width.
+"""Channel importance: how much each channel of a group matters, on one scale for all groups.
 
 Importance of a class is BN |gamma| (the largest over the group's normalisations) where its
 group has a normalisation scale, else the L2 norm of its producing filters over every
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from morphcli.channels import FILTER, SCALE, ChannelGraph
-from morphcli.model import Model
+from morphcli.graph.channels import FILTER, SCALE, ChannelGraph
+from morphcli.graph.model import Model
 
 
 def _per_position(values: np.ndarray, axis: int, reduce: str) -> np.ndarray:
@@ -58,40 +58,3 @@ def class_importance(model: Model, cg: ChannelGraph) -> list[np.ndarray]:
         top = score.max()
         out.append(score / top if top > 0 else np.ones(group.width))
     return out
-
-
-def copies_for_width(importance: np.ndarray, width: int) -> np.ndarray:
-    """Copy counts giving ``width`` channels: keep the ``width`` most important classes when
-    shrinking; when widening, every class gets ``width // n`` copies and the
-    ``width % n`` most important one more. Ties keep the earlier class."""
-    n = len(importance)
-    order = np.argsort(-np.asarray(importance), kind="stable")
-    copies = np.zeros(n, dtype=np.int64)
-    if width <= n:
-        copies[order[:width]] = 1
-    else:
-        copies[:] = width // n
-        copies[order[: width % n]] += 1
-    return copies
-
-
-def rounded_width(scaled: float, full: int, round_to: int = 1) -> int:
-    """A group's width for a real-valued ``scaled`` width: rounded half up, at least 1, a
-    multiple of ``round_to`` (at least ``round_to``); a shrink never exceeds ``full``, which
-    is kept when no smaller multiple exists."""
-    width = max(1, int(np.floor(scaled + 0.5)))
-    if round_to > 1:
-        width = max(round_to, round_to * int(np.floor(width / round_to + 0.5)))
-    if scaled <= full:
-        width = min(width, full)
-    return width
-
-
-def copies_for_widths(
-    cg: ChannelGraph, importance: list[np.ndarray], widths: np.ndarray
-) -> list[np.ndarray]:
-    """Per group, the copy counts for its target width (pinned groups keep every class once)."""
-    return [
-        copies_for_width(score, int(width)) if group.prunable else np.ones(group.width, np.int64)
-        for group, score, width in zip(cg.groups, importance, widths, strict=True)
-    ]

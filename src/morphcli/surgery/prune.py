@@ -1,4 +1,4 @@
-"""Prune without training: which channels go, by ratio or to a resource target.
+"""``morphnet prune`` without training: which channels go, by ratio or to a resource target.
 
 Both rank a group's channels by importance (``importance.class_importance``). A target is
 met greedily: channels are removed in order of their normalised importance, in units that
@@ -12,30 +12,20 @@ from typing import Any
 
 import numpy as np
 
-from morphcli.channels import ChannelGraph, build_channel_graph
-from morphcli.cost import CostModel, build_cost_model, parse_target
-from morphcli.dead import find_dead
 from morphcli.errors import EXIT_BUDGET, MorphError
-from morphcli.importance import class_importance, copies_for_widths, rounded_width
-from morphcli.model import load_model
-from morphcli.resize import check_output_path, resize
+from morphcli.graph.builder import build_channel_graph
+from morphcli.graph.channels import ChannelGraph
+from morphcli.graph.model import load_model
+from morphcli.outputs import check_output_path
+from morphcli.resources.cost import CostModel, build_cost_model
+from morphcli.resources.targets import parse_target
+from morphcli.surgery.dead import find_dead
+from morphcli.surgery.importance import class_importance
+from morphcli.surgery.widths import copies_for_widths, ratio_widths
+from morphcli.surgery.write import write_result
 
 # A target is met when the result costs between this fraction of it and all of it.
 LANDING = 0.98
-
-
-def ratio_widths(cg: ChannelGraph, ratio: float, round_to: int = 1) -> np.ndarray:
-    """Every removable group keeps ``round(ratio * width)`` channels (at least 1), rounded to
-    a multiple of ``round_to``; pinned groups keep their width."""
-    if not 0 < ratio <= 1:
-        raise MorphError(f"bad --ratio {ratio}: must be in (0, 1]")
-    return np.array(
-        [
-            rounded_width(ratio * g.width, g.width, round_to) if g.prunable else g.width
-            for g in cg.groups
-        ],
-        dtype=np.int64,
-    )
 
 
 def _units(importance: np.ndarray, width: int, round_to: int) -> list[tuple[np.ndarray, float]]:
@@ -204,15 +194,15 @@ def run_prune(
         value = parse_target(text, cm.resource(kind), f"--target-{kind}")
         copies = target_copies(cm, cg, class_importance(model, cg), kind, value, round_to)
         extra = {"target": {"kind": kind, "value": round(value)}}
-        return resize("prune", model, cg, cm, copies, output_path, mode="target", **extra)
+        return write_result("prune", model, cg, cm, copies, output_path, mode="target", **extra)
     if ratio is not None:
         copies = ratio_copies(cg, class_importance(model, cg), ratio, round_to)
-        return resize("prune", model, cg, cm, copies, output_path, mode="ratio", ratio=ratio)
+        return write_result("prune", model, cg, cm, copies, output_path, mode="ratio", ratio=ratio)
     plan = find_dead(model, cg, threshold, allow_approximate, round_to)
     copies = [np.ones(g.width, dtype=np.int64) for g in cg.groups]
     for counts, removed in zip(copies, plan.removed, strict=True):
         counts[removed] = 0
-    return resize(
+    return write_result(
         "prune",
         model,
         cg,

@@ -4,39 +4,24 @@ an atomic write. The input file is only read."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
 
-from morphcli.channels import ChannelGraph, build_channel_graph
-from morphcli.cost import CostModel, build_cost_model
-from morphcli.errors import MorphError
-from morphcli.model import Model, model_from_proto, save_model
-from morphcli.report_widths import width_report
-from morphcli.surgery import Init, apply_copies
-
-
-def check_output_path(model_path: str, output_path: str) -> None:
-    """Refuse to write over the input model or onto a directory (exit code 2)."""
-    same = os.path.realpath(output_path) == os.path.realpath(model_path) or (
-        os.path.exists(output_path)
-        and os.path.exists(model_path)
-        and os.path.samefile(output_path, model_path)
-    )
-    if same:
-        raise MorphError(
-            "-o is the input model: write the result to another file", file=output_path
-        )
-    if os.path.isdir(output_path):
-        raise MorphError("-o is a directory: give a file name", file=output_path)
+from morphcli.graph.builder import build_channel_graph
+from morphcli.graph.channels import ChannelGraph
+from morphcli.graph.model import Model, model_from_proto
+from morphcli.outputs import save_model
+from morphcli.report.widths import width_report
+from morphcli.resources.cost import CostModel, build_cost_model
+from morphcli.surgery.apply import Init, apply_copies
 
 
 def costs(cm: CostModel) -> dict[str, float]:
     return {"flops": cm.flops(), "params": cm.params()}
 
 
-def resize(
+def write_result(
     command: str,
     model: Model,
     cg: ChannelGraph,

@@ -1,0 +1,64 @@
+"""``morphnet analyze``: channel groups, per-op FLOPs and parameters, budget gates."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from morphcli.cli.common import (
+    handle_errors,
+    input_shapes_option,
+    parse_input_shapes,
+    print_json,
+    stderr,
+    stdout,
+)
+from morphcli.errors import EXIT_BUDGET
+
+
+@click.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=True))
+@input_shapes_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@click.option("--all-ops", is_flag=True, help="List every op, not only those with a cost.")
+@click.option("--max-flops", metavar="T", help="Exit 1 when FLOPs exceed T (e.g. 300M).")
+@click.option("--max-params", metavar="T", help="Exit 1 when parameters exceed T (e.g. 5M).")
+@handle_errors
+def analyze(
+    model_path: str,
+    input_shapes: tuple[str, ...],
+    as_json: bool,
+    all_ops: bool,
+    max_flops: str | None,
+    max_params: str | None,
+) -> None:
+    """Channel groups, per-op FLOPs and parameters, and what can be removed."""
+    from morphcli.graph.builder import build_channel_graph
+    from morphcli.graph.model import load_model
+    from morphcli.report.analysis import analysis, render_analysis
+    from morphcli.report.format import human
+    from morphcli.resources.cost import build_cost_model
+    from morphcli.resources.targets import parse_target
+
+    model = load_model(model_path, parse_input_shapes(input_shapes))
+    cg = build_channel_graph(model)
+    cm = build_cost_model(model, cg)
+    doc = analysis(model, cg, cm)
+    if as_json:
+        print_json(doc)
+    else:
+        render_analysis(doc, stdout, all_ops=all_ops)
+    over = []
+    for flag, text, key in (
+        ("--max-flops", max_flops, "flops"),
+        ("--max-params", max_params, "params"),
+    ):
+        if text is None:
+            continue
+        limit = parse_target(text, doc[key], flag)
+        if doc[key] > limit:
+            over.append(f"{key} {human(doc[key])} > {flag} {human(limit)}")
+    if over:
+        stderr.print(f"[red]over budget:[/red] {'; '.join(over)} ({model_path})")
+        sys.exit(EXIT_BUDGET)

@@ -1,0 +1,79 @@
+"""``morphnet expand``: one width multiplier for every removable group."""
+
+from __future__ import annotations
+
+import click
+
+from morphcli.cli.common import (
+    handle_errors,
+    input_shapes_option,
+    one_target,
+    parse_input_shapes,
+    show_widths,
+)
+
+
+@click.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=True))
+@click.option("-o", "--output", required=True, type=click.Path(), help="The ONNX file to write.")
+@click.option(
+    "--multiplier",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Width multiplier W (1.5 widens, 0.5 shrinks by importance).",
+)
+@click.option("--target-flops", metavar="T", help="The largest uniform width within T FLOPs.")
+@click.option("--target-params", metavar="T", help="Parameter target, written the same way.")
+@click.option(
+    "--round-to",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Every width a multiple of N.",
+)
+@click.option(
+    "--init",
+    "init_mode",
+    type=click.Choice(["preserve", "random"]),
+    default="preserve",
+    show_default=True,
+    help="preserve: replicate channels (same function); random: fresh filters read with "
+    "zero weights (same function at init).",
+)
+@click.option(
+    "--noise",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="preserve: zero-sum noise (relative to each weight's std) that breaks replica symmetry.",
+)
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of noise and init.")
+@input_shapes_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@handle_errors
+def expand(
+    model_path: str,
+    output: str,
+    multiplier: float | None,
+    target_flops: str | None,
+    target_params: str | None,
+    round_to: int,
+    init_mode: str,
+    noise: float,
+    seed: int,
+    input_shapes: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Change every removable width by one multiplier, function-preserving by default."""
+    from morphcli.surgery.apply import Init
+    from morphcli.surgery.expand import run_expand
+
+    doc = run_expand(
+        model_path,
+        output,
+        input_shapes=parse_input_shapes(input_shapes),
+        multiplier=multiplier,
+        target=one_target(target_flops, target_params),
+        round_to=round_to,
+        init=Init(init_mode, noise, seed),
+    )
+    show_widths(doc, as_json)

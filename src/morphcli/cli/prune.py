@@ -1,0 +1,73 @@
+"""``morphnet prune``: remove dead channels, or the least important ones, without training."""
+
+from __future__ import annotations
+
+import click
+
+from morphcli.cli.common import (
+    handle_errors,
+    input_shapes_option,
+    one_target,
+    parse_input_shapes,
+    show_widths,
+)
+
+
+@click.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=True))
+@click.option("-o", "--output", required=True, type=click.Path(), help="The ONNX file to write.")
+@click.option(
+    "--threshold",
+    default=1e-3,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="A BN scale under this (absolute) counts as zero.",
+)
+@click.option(
+    "--allow-approximate",
+    is_flag=True,
+    help="Also remove constant channels whose bias fold is not exact (padded convs).",
+)
+@click.option("--target-flops", metavar="T", help="Remove the least important channels to T.")
+@click.option("--target-params", metavar="T", help="Parameter target, written the same way.")
+@click.option(
+    "--ratio",
+    type=click.FloatRange(min=0, max=1, min_open=True),
+    help="Keep this fraction of every removable group, by importance.",
+)
+@click.option(
+    "--round-to",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Every width a multiple of N (or its full width).",
+)
+@input_shapes_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@handle_errors
+def prune(
+    model_path: str,
+    output: str,
+    threshold: float,
+    allow_approximate: bool,
+    target_flops: str | None,
+    target_params: str | None,
+    ratio: float | None,
+    round_to: int,
+    input_shapes: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Remove dead channels, or the least important ones to a target, without training."""
+    from morphcli.surgery.prune import run_prune
+
+    doc = run_prune(
+        model_path,
+        output,
+        input_shapes=parse_input_shapes(input_shapes),
+        threshold=threshold,
+        allow_approximate=allow_approximate,
+        target=one_target(target_flops, target_params),
+        ratio=ratio,
+        round_to=round_to,
+    )
+    show_widths(doc, as_json)

@@ -1,0 +1,185 @@
+"""``morphnet shrink``: MorphNet's Algorithm 1 to a FLOPs or parameter budget."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from morphcli.cli import options
+from morphcli.cli.common import (
+    handle_errors,
+    input_shapes_option,
+    parse_input_shapes,
+    print_json,
+    stderr,
+    stdout,
+)
+from morphcli.errors import MorphError
+
+
+@click.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=True))
+@click.option("-o", "--output", required=True, type=click.Path(), help="The ONNX file to write.")
+@click.option("--target-flops", metavar="T", help="FLOPs budget: 50%, 100%, 1.2G, 300M ...")
+@click.option("--target-params", metavar="T", help="Parameter budget, written the same way.")
+@click.option(
+    "--data",
+    required=True,
+    metavar="D",
+    help="Training data: an .npz (x, y, x_val, y_val), an image folder with class "
+    "subfolders, or module:function returning a torch Dataset.",
+)
+@click.option("--val-data", metavar="D", help="Validation data, same forms (default: held out).")
+@click.option(
+    "--rounds", default=1, show_default=True, type=click.IntRange(1), help="Shrink-expand rounds."
+)
+@click.option(
+    "--epochs",
+    default=3,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Structure-learning epochs per round.",
+)
+@click.option(
+    "--steps",
+    type=click.IntRange(1),
+    help="Structure-learning steps per round (instead of --epochs).",
+)
+@click.option(
+    "--finetune-epochs",
+    default=3,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Fine-tuning epochs of the final structure, without the penalty.",
+)
+@click.option(
+    "--round-to",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Make every removable width a multiple of N.",
+)
+@click.option(
+    "--lambda",
+    "strength",
+    default="auto",
+    show_default=True,
+    help="Penalty strength: auto (calibrated from the cost, raised while the alive "
+    "cost stalls) or a number.",
+)
+@click.option(
+    "--penalty",
+    "mode",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "gamma", "group-lasso"]),
+    help="Channel penalty: BN scales, filter norms, or auto (BN where it follows).",
+)
+@click.option(
+    "--loss",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "ce", "distill"]),
+    help="Cross entropy on labels, or distillation from the input model.",
+)
+@click.option(
+    "--temperature",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Distillation temperature for logits.",
+)
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--optimizer",
+    default="sgd",
+    show_default=True,
+    type=click.Choice(["sgd", "adam"]),
+    help="SGD with momentum 0.9, or Adam.",
+)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Learning rate (default 0.01 for SGD, 0.001 for Adam).",
+)
+@click.option("--image-size", metavar="HxW", help="Resize folder images (default: the input's).")
+@click.option("--mean", metavar="M[,M,M]", help="Per-channel mean subtracted from images.")
+@click.option("--std", metavar="S[,S,S]", help="Per-channel std dividing images.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option(
+    "--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"])
+)
+@click.option("--threads", type=click.IntRange(1), help="CPU threads for torch.")
+@click.option(
+    "--work-dir",
+    type=click.Path(file_okay=False),
+    help="Where checkpoints go (default: OUTPUT.work).",
+)
+@click.option("--resume", is_flag=True, help="Continue from the checkpoint in --work-dir.")
+@click.option(
+    "--report", "report_path", type=click.Path(dir_okay=False), help="Write the JSON report here."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@input_shapes_option
+@handle_errors
+def shrink(model_path: str, output: str, target_flops: str | None, target_params: str | None,
+           data: str, val_data: str | None, rounds: int, epochs: int, steps: int | None,
+           finetune_epochs: int, round_to: int, strength: str, mode: str, loss: str,
+           temperature: float, batch_size: int, optimizer: str, lr: float | None,
+           image_size: str | None, mean: str | None, std: str | None, seed: int, device: str,
+           threads: int | None, work_dir: str | None, resume: bool, report_path: str | None,
+           as_json: bool, input_shapes: tuple[str, ...]) -> None:  # fmt: skip
+    """MorphNet: learn where channels matter, then fit the model to a FLOPs or params budget."""
+    if (target_flops is None) == (target_params is None):
+        raise MorphError("give one of --target-flops or --target-params")
+    import torch
+
+    from morphcli.learn.progress import Progress
+    from morphcli.learn.train import Schedule
+    from morphcli.outputs import write_atomic
+    from morphcli.report.shrink import render_shrink
+    from morphcli.shrink.algorithm import run_shrink
+    from morphcli.shrink.config import ShrinkConfig
+
+    if threads:
+        torch.set_num_threads(threads)
+    config = ShrinkConfig(
+        model=model_path,
+        output=output,
+        target=target_flops or target_params,
+        resource="flops" if target_flops else "params",
+        data=data,
+        val_data=val_data,
+        rounds=rounds,
+        learn=Schedule(epochs, steps, batch_size, optimizer, lr, seed),
+        finetune_epochs=finetune_epochs,
+        round_to=round_to,
+        strength=options.strength(strength),
+        mode=mode.replace("-", "_"),
+        loss=loss,
+        temperature=temperature,
+        device=device,
+        work_dir=work_dir or f"{output}.work",
+        resume=resume,
+        input_shapes=parse_input_shapes(input_shapes),
+        image_size=options.image_size(image_size),
+        mean=options.floats(mean, "--mean") or (0.0,),
+        std=options.floats(std, "--std") or (1.0,),
+    )
+    try:
+        report = run_shrink(config, Progress(stderr))
+    except KeyboardInterrupt:
+        stderr.print(
+            f"[red]interrupted[/red]: the last checkpoint is in {config.work_dir}; "
+            "continue with --resume"
+        )
+        sys.exit(130)
+    if report_path:
+        text = (json.dumps(report, indent=2) + "\n").encode()
+        write_atomic(report_path, lambda stream: stream.write(text))
+    if as_json:
+        print_json(report)
+    else:
+        render_shrink(report, stdout)

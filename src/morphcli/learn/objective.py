@@ -1,0 +1,93 @@
+"""The task loss: cross entropy on labels, or distillation from the input model's outputs."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from morphcli.errors import MorphError
+
+
+def outputs_of(result: torch.Tensor | tuple | list | dict) -> tuple[torch.Tensor, ...]:
+    """A module's result as a tuple of tensors, whatever the number of outputs."""
+    if isinstance(result, torch.Tensor):
+        return (result,)
+    if isinstance(result, dict):
+        return tuple(result.values())
+    return tuple(result)
+
+
+def batch_parts(batch: torch.Tensor | tuple | list) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if isinstance(batch, (tuple, list)):
+        return batch[0], (batch[1] if len(batch) > 1 else None)
+    return batch, None
+
+
+class Objective:
+    """The task loss: cross entropy on labels, or distillation from a teacher's outputs.
+
+    Distillation compares each output with the teacher's: for a [N, C] output (logits) with
+    ``T^2 * KL(softmax(t / T) || softmax(s / T))``, for any other shape with the mean squared
+    error divided by the variance of the teacher's output (1 = as bad as predicting the mean).
+    The teacher runs in the student's mode (``train``): while training, both normalise with
+    batch statistics, so the loss starts at 0 whatever the original running statistics are
+    (the teacher's own running statistics then follow the data, as the student's do).
+
+    Args:
+        teacher: The frozen original model; None with labels.
+        temperature: T for logits. Defaults to 1.
+    """
+
+    def __init__(self, teacher: nn.Module | None = None, temperature: float = 1.0) -> None:
+        self.teacher = teacher
+        self.temperature = temperature
+
+    @property
+    def distills(self) -> bool:
+        return self.teacher is not None
+
+    def train(self, mode: bool = True) -> None:
+        """Run the teacher in training (batch statistics) or eval mode, as the student."""
+        if self.teacher is not None:
+            self.teacher.train(mode)
+
+    def __call__(
+        self, outputs: tuple[torch.Tensor, ...], x: torch.Tensor, y: torch.Tensor | None
+    ) -> torch.Tensor:
+        if self.teacher is None:
+            return self._cross_entropy(outputs, y)
+        with torch.no_grad():
+            targets = outputs_of(self.teacher(x))
+        return sum(self._distill(s, t) for s, t in zip(outputs, targets, strict=True))
+
+    def _cross_entropy(self, outputs: tuple[torch.Tensor, ...], y: torch.Tensor) -> torch.Tensor:
+        if y is None:
+            raise MorphError("the data has no labels: use distillation (--loss distill)")
+        if len(outputs) != 1:
+            raise MorphError(f"labels need a model with one output, it has {len(outputs)}")
+        logits = outputs[0]
+        classes = logits.shape[1] if logits.dim() > 1 else 1
+        low, high = int(y.min()), int(y.max())
+        if low < 0 or high >= classes:
+            raise MorphError(
+                f"labels out of range: found {low}..{high}, the model's output has "
+                f"{classes} classes (0..{classes - 1})"
+            )
+        return F.cross_entropy(logits, y)
+
+    def _distill(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        if student.dim() == 2 and student.shape[1] > 1:
+            t = self.temperature
+            return t * t * F.kl_div(
+                F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1),
+                reduction="batchmean", log_target=True,
+            )  # fmt: skip
+        scale = teacher.var().clamp_min(1e-12)
+        return F.mse_loss(student, teacher) / scale
+
+    def accuracy(self, outputs: tuple[torch.Tensor, ...], y: torch.Tensor | None) -> float | None:
+        """Top-1 accuracy (over every labelled position) with labels, else None."""
+        if y is None:
+            return None
+        return float((outputs[0].argmax(1) == y).float().mean())

@@ -1,0 +1,43 @@
+"""What ``morphnet shrink`` was asked to do."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from morphcli.learn.checkpoint import file_digest
+from morphcli.learn.train import Schedule
+
+
+@dataclass
+class ShrinkConfig:
+    """Everything ``morphnet shrink`` was asked to do."""
+
+    model: str
+    output: str
+    target: str
+    data: str
+    resource: str = "flops"
+    val_data: str | None = None
+    rounds: int = 1
+    learn: Schedule = field(default_factory=Schedule)
+    finetune_epochs: int = 3
+    round_to: int = 1
+    strength: str = "auto"
+    mode: str = "auto"
+    loss: str = "auto"
+    temperature: float = 1.0
+    device: str = "cpu"
+    work_dir: str = ""
+    resume: bool = False
+    input_shapes: dict[str, list[int]] | None = None
+    image_size: tuple[int, int] | None = None
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+
+    def fingerprint(self) -> dict:
+        return {
+            "model": file_digest(self.model),
+            "target": f"{self.resource} {self.target}",
+            "data": self.data,
+            "rounds": self.rounds,
+        }
