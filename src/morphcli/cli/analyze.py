@@ -9,6 +9,8 @@ import click
 from morphcli.cli.common import (
     handle_errors,
     input_shapes_option,
+    latency_options,
+    latency_setup,
     parse_input_shapes,
     print_json,
     stderr,
@@ -24,6 +26,12 @@ from morphcli.errors import EXIT_BUDGET
 @click.option("--all-ops", is_flag=True, help="List every op, not only those with a cost.")
 @click.option("--max-flops", metavar="T", help="Exit 1 when FLOPs exceed T (e.g. 300M).")
 @click.option("--max-params", metavar="T", help="Exit 1 when parameters exceed T (e.g. 5M).")
+@click.option(
+    "--latency",
+    is_flag=True,
+    help="Measure latency with onnxruntime (cached): per op, and per channel of each group.",
+)
+@latency_options
 @handle_errors
 def analyze(
     model_path: str,
@@ -32,8 +40,14 @@ def analyze(
     all_ops: bool,
     max_flops: str | None,
     max_params: str | None,
+    latency: bool,
+    provider: str,
+    ort_threads: int,
+    batch: int,
+    latency_cache: str | None,
 ) -> None:
-    """Channel groups, per-op FLOPs and parameters, and what can be removed."""
+    """Channel groups, per-op FLOPs and parameters, what can be removed, and (--latency)
+    measured latency."""
     from morphcli.graph.builder import build_channel_graph
     from morphcli.graph.model import load_model
     from morphcli.report.analysis import analysis, render_analysis
@@ -41,14 +55,23 @@ def analyze(
     from morphcli.resources.cost import build_cost_model
     from morphcli.resources.targets import parse_target
 
+    setup = latency_setup(provider, ort_threads, batch, latency_cache) if latency else None
     model = load_model(model_path, parse_input_shapes(input_shapes))
     cg = build_channel_graph(model)
     cm = build_cost_model(model, cg)
     doc = analysis(model, cg, cm)
+    if setup is not None:
+        from morphcli.report.latency import latency_analysis, render_latency_analysis
+        from morphcli.surgery.latency import latency_model
+
+        measured = latency_model(model, cg, cm, setup)
+        doc["latency"] = latency_analysis(model, cg, cm, measured, measured.bind(model, cg, cm))
     if as_json:
         print_json(doc)
     else:
         render_analysis(doc, stdout, all_ops=all_ops)
+        if setup is not None:
+            render_latency_analysis(doc["latency"], stdout)
     over = []
     for flag, text, key in (
         ("--max-flops", max_flops, "flops"),

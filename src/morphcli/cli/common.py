@@ -14,7 +14,7 @@ import click
 from rich.console import Console
 
 from morphcli.cli.options import parse_input_shape
-from morphcli.errors import EXIT_INTERNAL, MorphError
+from morphcli.errors import EXIT_BUDGET, EXIT_INTERNAL, MorphError
 
 stdout = Console(highlight=False)
 stderr = Console(stderr=True, highlight=False)
@@ -68,13 +68,80 @@ def print_json(doc: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(doc, indent=2) + "\n")
 
 
-def one_target(target_flops: str | None, target_params: str | None) -> tuple[str, str] | None:
-    """("flops" | "params", text) of the one resource target given, or None."""
-    if target_flops is not None and target_params is not None:
-        raise MorphError("give --target-flops or --target-params, not both")
-    if target_flops is not None:
-        return "flops", target_flops
-    return None if target_params is None else ("params", target_params)
+def one_target(
+    target_flops: str | None, target_params: str | None, target_latency: str | None = None
+) -> tuple[str, str] | None:
+    """("flops" | "params" | "latency", text) of the one resource target given, or None."""
+    given = [
+        (kind, text)
+        for kind, text in (
+            ("flops", target_flops), ("params", target_params), ("latency", target_latency)
+        )
+        if text is not None
+    ]  # fmt: skip
+    if len(given) > 1:
+        raise MorphError(f"give one target, not {' and '.join(f'--target-{k}' for k, _ in given)}")
+    return given[0] if given else None
+
+
+def latency_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Where latency is measured: --provider, --ort-threads, --batch, --latency-cache."""
+    options = [
+        click.option(
+            "--latency-cache",
+            metavar="DIR",
+            type=click.Path(file_okay=False),
+            help="Where measured latency models are kept (default $MORPHCLI_CACHE_DIR, else "
+            "~/.cache/morphcli/latency).",
+        ),
+        click.option(
+            "--batch",
+            default=1,
+            show_default=True,
+            type=click.IntRange(1),
+            help="Batch size latency is measured at.",
+        ),
+        click.option(
+            "--ort-threads",
+            default=0,
+            show_default=True,
+            type=click.IntRange(0),
+            help="onnxruntime intra-op threads for latency (0: its default).",
+        ),
+        click.option(
+            "--provider",
+            default="cpu",
+            show_default=True,
+            help="onnxruntime execution provider for latency: cpu, cuda or a full name.",
+        ),
+    ]
+    for option in options:
+        command = option(command)
+    return command
+
+
+def latency_setup(provider: str, ort_threads: int, batch: int, cache: str | None):
+    """The LatencySetup of the flags, reporting on stderr (stdout stays clean for --json)."""
+    from morphcli.graph.runtime import Runtime, resolve_provider
+    from morphcli.report.progress import StepBar
+    from morphcli.surgery.latency import LatencySetup
+
+    runtime = Runtime(resolve_provider(provider), ort_threads, batch)
+    note = lambda text: stderr.print(text, highlight=False, soft_wrap=True)  # noqa: E731
+    return LatencySetup(runtime, cache, StepBar(stderr, "latency model"), note)
+
+
+def exit_if_latency_missed(doc: dict[str, Any]) -> None:
+    """Exit 1 (after the report is out) when a latency target was measured outside its band."""
+    section = doc.get("latency")
+    if section and "met" in section and not section["met"]:
+        stderr.print(
+            f"[red]latency target not met:[/red] measured {section['fraction_of_target']:.1%} "
+            f"of {section['target']}, outside {section['band'][0]:.0%}-"
+            f"{section['band'][1]:.0%} (the result was written: {doc.get('output')})",
+            soft_wrap=True,
+        )
+        sys.exit(EXIT_BUDGET)
 
 
 def show_widths(doc: dict[str, Any], as_json: bool) -> None:
@@ -84,3 +151,4 @@ def show_widths(doc: dict[str, Any], as_json: bool) -> None:
         print_json(doc)
     else:
         render_widths(doc, stdout)
+    exit_if_latency_missed(doc)

@@ -7,6 +7,8 @@ import click
 from morphcli.cli.common import (
     handle_errors,
     input_shapes_option,
+    latency_options,
+    latency_setup,
     one_target,
     parse_input_shapes,
     show_widths,
@@ -23,6 +25,12 @@ from morphcli.cli.common import (
 )
 @click.option("--target-flops", metavar="T", help="The largest uniform width within T FLOPs.")
 @click.option("--target-params", metavar="T", help="Parameter target, written the same way.")
+@click.option(
+    "--target-latency",
+    metavar="T",
+    help="Latency target, measured: 50% of the input's, or a time (3ms, 800us).",
+)
+@latency_options
 @click.option(
     "--round-to",
     default=1,
@@ -56,6 +64,11 @@ def expand(
     multiplier: float | None,
     target_flops: str | None,
     target_params: str | None,
+    target_latency: str | None,
+    provider: str,
+    ort_threads: int,
+    batch: int,
+    latency_cache: str | None,
     round_to: int,
     init_mode: str,
     noise: float,
@@ -72,8 +85,9 @@ def expand(
         output,
         input_shapes=parse_input_shapes(input_shapes),
         multiplier=multiplier,
-        target=one_target(target_flops, target_params),
+        target=one_target(target_flops, target_params, target_latency),
         round_to=round_to,
+        latency=latency_setup(provider, ort_threads, batch, latency_cache),
         init=Init(init_mode, noise, seed),
     )
     show_widths(doc, as_json)

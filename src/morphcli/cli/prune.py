@@ -7,6 +7,8 @@ import click
 from morphcli.cli.common import (
     handle_errors,
     input_shapes_option,
+    latency_options,
+    latency_setup,
     one_target,
     parse_input_shapes,
     show_widths,
@@ -31,6 +33,12 @@ from morphcli.cli.common import (
 @click.option("--target-flops", metavar="T", help="Remove the least important channels to T.")
 @click.option("--target-params", metavar="T", help="Parameter target, written the same way.")
 @click.option(
+    "--target-latency",
+    metavar="T",
+    help="Latency target, measured: 50% of the input's, or a time (3ms, 800us).",
+)
+@latency_options
+@click.option(
     "--ratio",
     type=click.FloatRange(min=0, max=1, min_open=True),
     help="Keep this fraction of every removable group, by importance.",
@@ -52,6 +60,11 @@ def prune(
     allow_approximate: bool,
     target_flops: str | None,
     target_params: str | None,
+    target_latency: str | None,
+    provider: str,
+    ort_threads: int,
+    batch: int,
+    latency_cache: str | None,
     ratio: float | None,
     round_to: int,
     input_shapes: tuple[str, ...],
@@ -66,8 +79,9 @@ def prune(
         input_shapes=parse_input_shapes(input_shapes),
         threshold=threshold,
         allow_approximate=allow_approximate,
-        target=one_target(target_flops, target_params),
+        target=one_target(target_flops, target_params, target_latency),
         ratio=ratio,
         round_to=round_to,
+        latency=latency_setup(provider, ort_threads, batch, latency_cache),
     )
     show_widths(doc, as_json)

@@ -1,4 +1,4 @@
-"""``morphnet shrink``: MorphNet's Algorithm 1 to a FLOPs or parameter budget."""
+"""``morphnet shrink``: MorphNet's Algorithm 1 to a FLOPs, parameter or latency budget."""
 
 from __future__ import annotations
 
@@ -9,8 +9,12 @@ import click
 
 from morphcli.cli import options
 from morphcli.cli.common import (
+    exit_if_latency_missed,
     handle_errors,
     input_shapes_option,
+    latency_options,
+    latency_setup,
+    one_target,
     parse_input_shapes,
     print_json,
     stderr,
@@ -24,6 +28,12 @@ from morphcli.errors import MorphError
 @click.option("-o", "--output", required=True, type=click.Path(), help="The ONNX file to write.")
 @click.option("--target-flops", metavar="T", help="FLOPs budget: 50%, 100%, 1.2G, 300M ...")
 @click.option("--target-params", metavar="T", help="Parameter budget, written the same way.")
+@click.option(
+    "--target-latency",
+    metavar="T",
+    help="Latency budget, measured with onnxruntime: 50% of the input's, or 3ms.",
+)
+@latency_options
 @click.option(
     "--data",
     required=True,
@@ -125,15 +135,18 @@ from morphcli.errors import MorphError
 @input_shapes_option
 @handle_errors
 def shrink(model_path: str, output: str, target_flops: str | None, target_params: str | None,
-           data: str, val_data: str | None, rounds: int, epochs: int, steps: int | None,
-           finetune_epochs: int, round_to: int, strength: str, mode: str, loss: str,
-           temperature: float, batch_size: int, optimizer: str, lr: float | None,
+           target_latency: str | None, provider: str, ort_threads: int, batch: int,
+           latency_cache: str | None, data: str, val_data: str | None, rounds: int, epochs: int,
+           steps: int | None, finetune_epochs: int, round_to: int, strength: str, mode: str,
+           loss: str, temperature: float, batch_size: int, optimizer: str, lr: float | None,
            image_size: str | None, mean: str | None, std: str | None, seed: int, device: str,
            threads: int | None, work_dir: str | None, resume: bool, report_path: str | None,
            as_json: bool, input_shapes: tuple[str, ...]) -> None:  # fmt: skip
-    """MorphNet: learn where channels matter, then fit the model to a FLOPs or params budget."""
-    if (target_flops is None) == (target_params is None):
-        raise MorphError("give one of --target-flops or --target-params")
+    """MorphNet: learn where channels matter, then fit the model to a FLOPs, params or
+    latency budget."""
+    target = one_target(target_flops, target_params, target_latency)
+    if target is None:
+        raise MorphError("give one of --target-flops, --target-params or --target-latency")
     import torch
 
     from morphcli.learn.progress import Progress
@@ -148,8 +161,8 @@ def shrink(model_path: str, output: str, target_flops: str | None, target_params
     config = ShrinkConfig(
         model=model_path,
         output=output,
-        target=target_flops or target_params,
-        resource="flops" if target_flops else "params",
+        target=target[1],
+        resource=target[0],
         data=data,
         val_data=val_data,
         rounds=rounds,
@@ -167,6 +180,7 @@ def shrink(model_path: str, output: str, target_flops: str | None, target_params
         image_size=options.image_size(image_size),
         mean=options.floats(mean, "--mean") or (0.0,),
         std=options.floats(std, "--std") or (1.0,),
+        latency=latency_setup(provider, ort_threads, batch, latency_cache),
     )
     try:
         report = run_shrink(config, Progress(stderr))
@@ -183,3 +197,4 @@ def shrink(model_path: str, output: str, target_flops: str | None, target_params
         print_json(report)
     else:
         render_shrink(report, stdout)
+    exit_if_latency_missed(report)

@@ -35,11 +35,11 @@ import torch
 
 from morphcli.graph.channels import FILTER, SCALE, ChannelGraph, Follow
 from morphcli.resources.cost import CostModel, build_cost_model
+from morphcli.resources.resource import Resource, ResourceKind, count_resource, resource_kind
 
 GAMMA_THRESHOLD = 1e-2
 LASSO_RELATIVE_THRESHOLD = 1e-2
 MODES = ("auto", "gamma", "group_lasso")
-RESOURCES = ("flops", "params")
 
 
 @dataclass(frozen=True)
@@ -123,15 +123,6 @@ def penalty_sources(cg: ChannelGraph, mode: str = "auto") -> list[list[Source]]:
     return sources
 
 
-def _tied_weights(cm: CostModel, resource: str) -> np.ndarray:
-    """``C * count`` per group for every tied (depthwise) term: their ``C * sum(p_A)``."""
-    weights = np.zeros(len(cm.widths))
-    for term in cm.table(resource).terms:
-        if term.tied is not None:
-            np.add.at(weights, term.tied.groups, term.coef * term.tied.counts)
-    return weights
-
-
 class MorphNetPenalty:
     """The MorphNet penalty of a wrapped ONNX model: add ``strength * penalty()`` to the loss.
 
@@ -148,16 +139,21 @@ class MorphNetPenalty:
     Args:
         module: An ``OnnxModule``; its ONNX graph gives the groups and costs and
             ``module.tensor(name)`` the live parameters.
-        resource: "flops" or "params". Defaults to "flops".
+        resource: "flops", "params" or a ``ResourceKind`` (a measured latency model, whose
+            weights are d latency / d alive). Defaults to "flops".
         mode: "auto", "gamma" or "group_lasso" (see the module docstring). Defaults to "auto".
     """
 
-    def __init__(self, module: torch.nn.Module, resource: str = "flops", mode: str = "auto"):
+    def __init__(
+        self, module: torch.nn.Module, resource: str | ResourceKind = "flops", mode: str = "auto"
+    ):
         from morphcli.graph.builder import build_channel_graph
 
         model = module.model
         cg = build_channel_graph(model)
-        self._setup(cg, build_cost_model(model, cg), module.tensor, resource, mode)
+        cm = build_cost_model(model, cg)
+        bound = resource_kind(resource).bind(model, cg, cm)
+        self._setup(cg, cm, module.tensor, bound, mode)
 
     @classmethod
     def over(
@@ -165,11 +161,14 @@ class MorphNetPenalty:
         cg: ChannelGraph,
         cm: CostModel,
         tensor: Callable[[str], torch.Tensor],
-        resource: str = "flops",
+        resource: str | Resource = "flops",
         mode: str = "auto",
     ) -> MorphNetPenalty:
-        """The penalty over an analysed graph, reading constants through ``tensor(name)``."""
+        """The penalty over an analysed graph, reading constants through ``tensor(name)``;
+        ``resource`` is "flops", "params" or a resource bound to ``cg``."""
         penalty = cls.__new__(cls)
+        if isinstance(resource, str):
+            resource = count_resource(cm, resource)
         penalty._setup(cg, cm, tensor, resource, mode)
         return penalty
 
@@ -178,19 +177,15 @@ class MorphNetPenalty:
         cg: ChannelGraph,
         cm: CostModel,
         tensor: Callable[[str], torch.Tensor],
-        resource: str,
+        resource: Resource,
         mode: str,
     ) -> None:
-        if resource not in RESOURCES:
-            raise ValueError(f"unknown resource {resource!r}: expected flops or params")
         self.channel_graph = cg
         self.cost_model = cm
         self.resource = resource
         self.mode = mode
         self.sources = penalty_sources(cg, mode)
         self._tensor = tensor
-        self._table = cm.table(resource)
-        self._tied = _tied_weights(cm, resource)
         self._weights_at: tuple[tuple[int, ...], np.ndarray] | None = None
 
     @property
@@ -230,15 +225,20 @@ class MorphNetPenalty:
         return np.array([int(m.sum()) for m in self.alive_masks()], dtype=np.int64)
 
     def cost(self) -> float:
-        """The resource at the current alive widths (FLOPs or parameters)."""
-        return self.cost_model.resource(self.resource, self.alive_widths())
+        """The resource at the current alive widths (FLOPs, parameters, ms)."""
+        return self.resource.value(self.alive_widths())
+
+    def full_cost(self) -> float:
+        """The resource at the graph's full widths."""
+        return self.resource.value(self.channel_graph.widths())
 
     def weights(self, alive: np.ndarray) -> np.ndarray:
-        """``W``: d cost / d alive at ``alive``, plus the tied terms' ``C * count``."""
+        """``W``: the resource's penalty weights at ``alive`` (for FLOPs and parameters
+        d cost / d alive plus the tied terms' ``C * count``)."""
         key = tuple(int(a) for a in alive)
         if self._weights_at is None or self._weights_at[0] != key:
-            grad = self._table.gradient(np.asarray(alive, dtype=np.float64))
-            self._weights_at = (key, grad + self._tied)
+            weights = self.resource.penalty_weights(np.asarray(alive, dtype=np.float64))
+            self._weights_at = (key, weights)
         return self._weights_at[1]
 
     def __call__(self) -> torch.Tensor:

@@ -175,7 +175,7 @@ def fit(
     history = []
     reference = None
     if penalty is not None:
-        reference = penalty.cost_model.resource(penalty.resource)
+        reference = penalty.full_cost()
     progress.start(label, total_steps, start_epoch * per_epoch, reference)
     try:
         for epoch in range(start_epoch, epochs):

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from morphcli.report.format import human
+from morphcli.report.latency import render_latency_result
 
 BAR_WIDTH = 18
 
@@ -64,17 +65,25 @@ def render_shrink(report: dict[str, Any], console: Console) -> None:
     table.add_column("FLOPs", justify="right")
     table.add_column("params", justify="right")
     table.add_column("multiplier", justify="right")
+    latency = "latency_ms" in steps[0]
+    if latency:
+        table.add_column("ms (predicted)", justify="right")
     for step in steps:
         omega = step.get("multiplier")
-        table.add_row(
+        row = [
             step["step"],
             human(step["flops"]),
             human(step["params"]),
             "" if omega is None else f"{omega:.3f}",
-        )
+        ]
+        table.add_row(*row, *([f"{step['latency_ms']:.3f}"] if latency else []))
     console.print(table)
     for name, entry in report["validation"].items():
         console.print(f"validation, {name}: {_quality(entry)}")
+    if report.get("latency"):
+        render_latency_result(report["latency"], console)
+        console.print(f"written to {report['output']}")
+        return
     unit = "FLOPs" if report["resource"] == "flops" else "params"
     verdict = "[green]met[/green]" if report["met"] else "[red]not met[/red]"
     console.print(

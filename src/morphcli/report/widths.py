@@ -11,6 +11,7 @@ from rich.table import Table
 
 from morphcli.graph.channels import ChannelGraph
 from morphcli.report.format import human
+from morphcli.report.latency import render_latency_result
 
 MAX_PINNED_SHOWN = 5
 
@@ -82,6 +83,8 @@ def render_widths(doc: dict[str, Any], console: Console) -> None:
             f"target {target['kind']} {human(target['value'])}: reached {human(target['reached'])}"
             f" ({target['reached'] / target['value']:.3f} of the target)"
         )
+    if doc.get("latency"):
+        render_latency_result(doc["latency"], console)
     if "multiplier" in doc:
         console.print(f"width multiplier {doc['multiplier']:.4g}")
     changed = [g for g in doc["groups"] if g["after"] != g["before"]]

@@ -43,7 +43,12 @@ class CostTerm:
 
 
 class TermTable:
-    """A list of terms, evaluated together with numpy."""
+    """A list of terms, evaluated together with numpy.
+
+    ``step`` > 1 evaluates every factor rounded up to a multiple of ``step`` (the channel
+    padding of blocked kernels; the latency model uses it); the gradient then is the slope
+    of that staircase's envelope, as if the rounded factor grew with its channels.
+    """
 
     def __init__(self, terms: list[CostTerm], n_groups: int) -> None:
         self.terms = terms
@@ -66,16 +71,22 @@ class TermTable:
         )
         lengths = np.array([len(f.groups) for f in factors], dtype=np.int64)
         self._starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        self._factor_of_entry = np.repeat(np.arange(len(factors)), lengths)
         self.n_groups = n_groups
 
-    def term_values(self, alive: np.ndarray) -> np.ndarray:
+    def _sizes(self, alive: np.ndarray, step: int) -> np.ndarray:
+        """Every factor's size, then 1.0 (index -1: no factor)."""
         alive = np.asarray(alive, dtype=np.float64)
         if len(self._groups):
             sizes = np.add.reduceat(self._counts * alive[self._groups], self._starts)
         else:
             sizes = np.zeros(0)
-        sizes = np.append(sizes, 1.0)  # index -1: no factor
-        return self.coef * np.prod(sizes[self._index], axis=1)
+        if step > 1:
+            sizes = np.ceil(sizes / step) * step
+        return np.append(sizes, 1.0)
+
+    def term_values(self, alive: np.ndarray, step: int = 1) -> np.ndarray:
+        return self.coef * np.prod(self._sizes(alive, step)[self._index], axis=1)
 
     def total(self, alive: np.ndarray) -> float:
         return float(self.term_values(alive).sum())
@@ -86,14 +97,24 @@ class TermTable:
             out[term.node] = out.get(term.node, 0.0) + float(value)
         return out
 
-    def gradient(self, alive: np.ndarray) -> np.ndarray:
-        """d total / d alive[g]: the cost of one more channel in each group."""
+    def gradient(
+        self, alive: np.ndarray, weights: np.ndarray | None = None, step: int = 1
+    ) -> np.ndarray:
+        """d sum(weights * term values) / d alive[g]: the cost of one more channel in each
+        group (``weights`` default to 1)."""
         grad = np.zeros(self.n_groups)
-        for term in self.terms:
-            values = [f.value(alive) for f in term.factors]
-            for k, factor in enumerate(term.factors):
-                rest = term.coef * prod(v for j, v in enumerate(values) if j != k)
-                np.add.at(grad, factor.groups, factor.counts * rest)
+        if not self.terms or self._index.shape[1] == 0:
+            return grad
+        sizes = self._sizes(alive, step)[self._index]  # [terms, factors per term]
+        ones = np.ones((len(sizes), 1))
+        before = np.cumprod(np.hstack([ones, sizes[:, :-1]]), axis=1)
+        after = np.cumprod(np.hstack([ones, sizes[:, :0:-1]]), axis=1)[:, ::-1]
+        scale = self.coef if weights is None else self.coef * np.asarray(weights, float)
+        partial = scale[:, None] * before * after  # d term / d factor j
+        valid = self._index >= 0
+        n_factors = len(self._starts)
+        per_factor = np.bincount(self._index[valid], weights=partial[valid], minlength=n_factors)
+        np.add.at(grad, self._groups, self._counts * per_factor[self._factor_of_entry])
         return grad
 
 
@@ -180,3 +201,17 @@ def build_cost_model(model: Model, cg: ChannelGraph) -> CostModel:
             param_terms.append(_term(node.name, 1.0, sizes, const=tensor.name))
     n = len(cg.groups)
     return CostModel(cg.widths(), TermTable(flop_terms, n), TermTable(param_terms, n))
+
+
+def build_traffic_table(model: Model, cg: ChannelGraph) -> TermTable:
+    """The elements every node reads and writes: one term per variable input and output
+    tensor of a node (batch 1), owned by the node; channel axes vary with the widths."""
+    terms: list[CostTerm] = []
+    for node in model.graph.nodes:
+        for tensor in [*node.inputs, *node.outputs]:
+            if isinstance(tensor, gs.Constant) or tensor.name not in model.shapes:
+                continue
+            shape = model.shapes[tensor.name]
+            sizes = [_factor(cg, model, tensor.name, axis) for axis in range(len(shape))]
+            terms.append(_term(node.name, 1.0, sizes))
+    return TermTable(terms, len(cg.groups))

@@ -19,6 +19,7 @@ import onnx
 import torch
 
 from morphcli.errors import EXIT_BUDGET, MorphError
+from morphcli.graph.load import read_proto
 from morphcli.learn.checkpoint import FINETUNE, LEARN, ShrinkState, load_state
 from morphcli.learn.penalty import MorphNetPenalty
 from morphcli.learn.progress import Progress
@@ -26,10 +27,13 @@ from morphcli.learn.strength import Strength
 from morphcli.learn.train import fit, recalibrate
 from morphcli.outputs import save_model
 from morphcli.report.format import human
+from morphcli.resources.resource import Resource
 from morphcli.shrink.config import ShrinkConfig
-from morphcli.shrink.run import Run, fresh_state, prepare
+from morphcli.shrink.run import Analysed, Run, fresh_state, prepare
 from morphcli.surgery.apply import Init, apply_copies
 from morphcli.surgery.importance import class_importance
+from morphcli.surgery.latency_target import AIM, Candidate, compare, latency_report, search_measured
+from morphcli.surgery.latency_target import BAND as LATENCY_BAND
 from morphcli.surgery.widths import copies_for_widths, multiplier_widths, target_multiplier, top_up
 
 # The result must land in [BAND_LOW, 1] x target.
@@ -87,13 +91,40 @@ def _train_learning(run: Run, state: ShrinkState, module, penalty, strength) -> 
         epoch = schedule.total_epochs(len(train))
 
 
+def _expand(
+    run: Run, shrunk: Analysed, resource: Resource, aim: float, low: float, seed: int
+) -> Candidate:
+    """The shrunk model widened by the largest uniform multiplier within ``aim``, topped up
+    to at least ``low * aim``; its ``choice`` is (widths, multiplier).
+
+    Raises:
+        MorphError: exit code 1 when no structure reaches ``low * aim``.
+    """
+    config = run.config
+    omega = target_multiplier(resource, shrunk.cg, aim, config.round_to)
+    widths = multiplier_widths(shrunk.cg, omega, config.round_to)
+    share = omega * shrunk.cg.widths()
+    widths = top_up(resource, shrunk.cg, widths, share, aim, config.round_to, low)
+    reached = resource.value(widths)
+    if reached < low * aim:
+        raise MorphError(
+            f"cannot meet --target-{config.resource} {human(run.target)}: the closest "
+            f"structure reached {human(reached)} ({reached / run.target:.1%} of the target) "
+            f"with --round-to {config.round_to}",
+            exit_code=EXIT_BUDGET,
+        )
+    copies = copies_for_widths(shrunk.cg, class_importance(shrunk.model, shrunk.cg), widths)
+    proto = apply_copies(shrunk.model, shrunk.cg, copies, Init(noise=REPLICA_NOISE, seed=seed))
+    return Candidate(proto, reached, (widths, omega))
+
+
 def learn_round(run: Run, state: ShrinkState) -> ShrinkState:
     """Train with the penalty, then remove dead channels and expand to the target at once."""
     config, report = run.config, state.report
     started = time.perf_counter()
     module = run.module(state.proto)
-    penalty = MorphNetPenalty(module, config.resource, config.mode)
-    start_cost = penalty.cost_model.resource(config.resource)
+    penalty = MorphNetPenalty(module, run.kind, config.mode)
+    start_cost = penalty.full_cost()
     strength = Strength(**state.strength) if state.strength else _initial_strength(run, start_cost)
     _train_learning(run, state, module, penalty, strength)
     recalibrate(module, run.data.train, config.learn.batch_size, run.device, config.learn.seed)
@@ -114,35 +145,38 @@ def learn_round(run: Run, state: ShrinkState) -> ShrinkState:
     shrunk = run.analyse(
         apply_copies(trained.model, trained.cg, [m.astype(np.int64) for m in masks])
     )
-    report["steps"].append(shrunk.snapshot(f"{name} shrunk"))
-    omega = target_multiplier(shrunk.cm, shrunk.cg, config.resource, run.target, config.round_to)
-    widths = multiplier_widths(shrunk.cg, omega, config.round_to)
-    share = omega * shrunk.cg.widths()
-    widths = top_up(
-        shrunk.cm, shrunk.cg, config.resource, widths, share, run.target, config.round_to,
-        BAND_LOW,
-    )  # fmt: skip
-    reached = shrunk.cm.resource(config.resource, widths)
-    if reached < BAND_LOW * run.target:
-        raise MorphError(
-            f"cannot meet --target-{config.resource} {human(run.target)}: the closest "
-            f"structure reached {human(reached)} ({reached / run.target:.1%} of the target) "
-            f"with --round-to {config.round_to}",
-            exit_code=EXIT_BUDGET,
-        )
-    copies = copies_for_widths(shrunk.cg, class_importance(shrunk.model, shrunk.cg), widths)
-    init = Init(noise=REPLICA_NOISE, seed=config.learn.seed + state.round)
-    proto = apply_copies(shrunk.model, shrunk.cg, copies, init)
-    expanded = shrunk.snapshot(f"{name} expanded", widths)
+    report["steps"].append(run.snapshot(shrunk, f"{name} shrunk"))
+    resource = run.resource(shrunk)
+    seed = config.learn.seed + state.round
+    last = state.round == config.rounds
+    if run.latency_target is None:
+        found = _expand(run, shrunk, resource, run.target, BAND_LOW, seed)
+    else:  # the middle of the band, and measured before the last fine-tuning
+        aim, low = AIM * run.target, LATENCY_BAND[0] / AIM
+
+        def search(aim: float) -> Candidate:
+            return _expand(run, shrunk, resource, aim, low, seed)
+
+        if last:
+            reference = run.model.to_proto()
+            found, corrected = search_measured(
+                search, reference, run.latency_target, aim, run.model, run.config.latency
+            )
+            report["latency_search"] = {"corrected": corrected}
+        else:
+            found = search(aim)
+    widths, omega = found.choice
+    reached = found.predicted
+    expanded = run.snapshot(shrunk, f"{name} expanded", widths)
     expanded["multiplier"] = omega
     report["steps"].append(expanded)
     report["time_s"][f"{name} surgery"] = time.perf_counter() - started
     run.progress.note(
-        f"{name}: alive {human(shrunk.cm.resource(config.resource))} {run.unit} "
+        f"{name}: alive {human(resource.value(shrunk.cg.widths()))} {run.unit} "
         f"(lambda {strength.value:.3g}); expanded x{omega:.3f} to {human(reached)} {run.unit} "
         f"({reached / run.target:.1%} of the target)"
     )
-    last = state.round == config.rounds
+    proto = found.proto
     next_state = ShrinkState(
         FINETUNE if last else LEARN, state.round if last else state.round + 1, 0,
         proto.SerializeToString(), report,
@@ -193,12 +227,14 @@ def run_shrink(config: ShrinkConfig, progress: Progress) -> dict:
     proto = finetune(run, state)
     report = state.report
     final = run.analyse(proto)
-    report["steps"].append(final.snapshot("final"))
+    report["steps"].append(run.snapshot(final, "final"))
+    report["time_s"]["total"] = sum(report["time_s"].values())
+    if run.latency_target is not None:
+        return _verify_latency(run, report, proto, final)
     reached = final.cm.resource(config.resource)
     report["reached"] = round(reached)
     report["fraction_of_target"] = reached / run.target
     report["met"] = BAND_LOW * run.target <= reached <= run.target
-    report["time_s"]["total"] = sum(report["time_s"].values())
     if not report["met"]:
         raise MorphError(
             f"the result costs {human(reached)} {run.unit}, {reached / run.target:.1%} of the "
@@ -206,4 +242,21 @@ def run_shrink(config: ShrinkConfig, progress: Progress) -> dict:
             exit_code=EXIT_BUDGET,
         )
     save_model(proto, config.output)
+    return report
+
+
+def _verify_latency(run: Run, report: dict, proto: onnx.ModelProto, final: Analysed) -> dict:
+    """Write the result, then measure the written file against the input model: the report
+    gets its ``latency`` section and ``met`` says whether it landed in the band (the file is
+    kept either way, to be inspected or measured again)."""
+    save_model(proto, run.config.output)
+    measured = compare(run.model.to_proto(), read_proto(run.config.output), run.model,
+                       run.config.latency)  # fmt: skip
+    predicted = (report["steps"][0]["latency_ms"], run.resource(final).value(final.cg.widths()))
+    corrected = report.pop("latency_search", {}).get("corrected", False)
+    section = latency_report(run.latency_target, run.kind, predicted, measured, corrected)
+    report["latency"] = section
+    report["reached"] = measured.after_ms
+    report["fraction_of_target"] = section["fraction_of_target"]
+    report["met"] = section["met"]
     return report

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from morphcli.learn.checkpoint import file_digest
 from morphcli.learn.train import Schedule
+from morphcli.surgery.latency import LatencySetup
 
 
 @dataclass
@@ -33,11 +34,15 @@ class ShrinkConfig:
     image_size: tuple[int, int] | None = None
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
+    latency: LatencySetup = field(default_factory=LatencySetup)
 
     def fingerprint(self) -> dict:
-        return {
+        found = {
             "model": file_digest(self.model),
             "target": f"{self.resource} {self.target}",
             "data": self.data,
             "rounds": self.rounds,
         }
+        if self.resource == "latency":
+            found["runtime"] = str(self.latency.runtime)
+        return found

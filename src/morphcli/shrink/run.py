@@ -4,7 +4,7 @@ the device, read and checked once up front (``prepare``)."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
@@ -22,10 +22,15 @@ from morphcli.learn.train import evaluate
 from morphcli.learn.wrapper import OnnxModule
 from morphcli.outputs import check_output_path
 from morphcli.report.format import human
+from morphcli.report.progress import StepBar
 from morphcli.resources.cost import CostModel, build_cost_model
-from morphcli.resources.targets import parse_target
+from morphcli.resources.resource import Resource, ResourceKind, resource_kind
+from morphcli.resources.targets import LatencyTarget, parse_latency_target, parse_target
 from morphcli.shrink.config import ShrinkConfig
+from morphcli.surgery.latency import latency_model
 from morphcli.surgery.widths import multiplier_widths
+
+UNITS = {"flops": "FLOPs", "params": "params", "latency": "ms"}
 
 # A multiplier that leaves every removable group at its narrowest width.
 NARROWEST = 1e-9
@@ -76,10 +81,24 @@ class Run:
     data: DataSplit
     objective: Objective
     device: str
+    kind: ResourceKind
+    latency_target: LatencyTarget | None = None
 
     @property
     def unit(self) -> str:
-        return "FLOPs" if self.config.resource == "flops" else "params"
+        return UNITS[self.config.resource]
+
+    def resource(self, analysed: Analysed) -> Resource:
+        """The run's resource over an analysed model's groups."""
+        return self.kind.bind(analysed.model, analysed.cg, analysed.cm)
+
+    def snapshot(self, analysed: Analysed, step: str, widths: np.ndarray | None = None) -> dict:
+        """``analysed.snapshot``, with the predicted latency (ms) for a latency target."""
+        entry = analysed.snapshot(step, widths)
+        if self.latency_target is not None:
+            at = analysed.cg.widths() if widths is None else np.asarray(widths)
+            entry["latency_ms"] = self.resource(analysed).value(at.astype(np.float64))
+        return entry
 
     def module(self, proto: bytes) -> OnnxModule:
         model = model_from_proto(
@@ -111,9 +130,24 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def _kind(config: ShrinkConfig, analysed: Analysed, progress: Progress) -> ResourceKind:
+    """The run's resource: FLOPs or params, or the input model's latency model (measured
+    here unless cached)."""
+    if config.resource != "latency":
+        return resource_kind(config.resource)
+    setup = replace(
+        config.latency,
+        on_step=config.latency.on_step or StepBar(progress.console, "latency model"),
+        note=config.latency.note or progress.note,
+    )
+    return latency_model(analysed.model, analysed.cg, analysed.cm, setup)
+
+
 def prepare(config: ShrinkConfig, progress: Progress) -> Run:
     """Load the model, check the target against what can be reached, read the data."""
     check_output_path(config.model, config.output)
+    flag = f"--target-{config.resource}"
+    latency_target = parse_latency_target(config.target) if config.resource == "latency" else None
     model = load_model(config.model, config.input_shapes)
     if len(model.graph.inputs) != 1:
         raise MorphError(
@@ -121,14 +155,20 @@ def prepare(config: ShrinkConfig, progress: Progress) -> Run:
             file=config.model,
         )
     analysed = Analysed.of(model)
-    flag = f"--target-{config.resource}"
-    target = parse_target(config.target, analysed.cm.resource(config.resource), flag)
+    kind = _kind(config, analysed, progress)
+    resource = kind.bind(model, analysed.cg, analysed.cm)
+    full = resource.value(analysed.cg.widths())
+    if latency_target is not None:
+        target = latency_target.of(full)
+    else:
+        target = parse_target(config.target, full, flag)
     narrowest = multiplier_widths(analysed.cg, NARROWEST, config.round_to)
-    floor = analysed.cm.resource(config.resource, narrowest.astype(np.float64))
+    floor = resource.value(narrowest.astype(np.float64))
     if target < floor:
         raise MorphError(
-            f"{flag} {human(target)} is below what the pinned channels alone cost: "
-            f"{human(floor)} with one channel left in every removable group",
+            f"{flag} {human(target)} {UNITS[config.resource]} is below what the pinned "
+            f"channels alone cost: {human(floor)} with one channel left in every removable "
+            "group",
             file=config.model,
             exit_code=EXIT_BUDGET,
         )
@@ -147,9 +187,8 @@ def prepare(config: ShrinkConfig, progress: Progress) -> Run:
     if config.loss == "distill" or (config.loss == "auto" and not data.labelled):
         teacher = OnnxModule.from_onnx(model).to(device).eval().requires_grad_(False)
     progress.note(f"data: {data}; loss: {'distillation' if teacher else 'cross entropy'}")
-    return Run(
-        config, progress, model, target, data, Objective(teacher, config.temperature), device
-    )
+    objective = Objective(teacher, config.temperature)
+    return Run(config, progress, model, target, data, objective, device, kind, latency_target)
 
 
 def fresh_state(run: Run) -> ShrinkState:
@@ -160,8 +199,8 @@ def fresh_state(run: Run) -> ShrinkState:
         "model": run.config.model,
         "output": run.config.output,
         "resource": run.config.resource,
-        "target": round(run.target),
-        "steps": [Analysed.of(run.model).snapshot("input")],
+        "target": run.target if run.latency_target else round(run.target),
+        "steps": [run.snapshot(Analysed.of(run.model), "input")],
         "validation": {"input": run.evaluate(run.module(proto))},
         "lambda": [],
         "time_s": {},

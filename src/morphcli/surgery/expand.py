@@ -5,14 +5,19 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from morphcli.errors import MorphError
 from morphcli.graph.builder import build_channel_graph
 from morphcli.graph.model import load_model
 from morphcli.outputs import check_output_path
 from morphcli.resources.cost import build_cost_model
-from morphcli.resources.targets import parse_target
+from morphcli.resources.resource import Resource, resource_kind
+from morphcli.resources.targets import parse_latency_target, parse_target
 from morphcli.surgery.apply import PRESERVE, Init
 from morphcli.surgery.importance import class_importance
+from morphcli.surgery.latency import LatencySetup
+from morphcli.surgery.latency_target import write_to_latency
 from morphcli.surgery.widths import copies_for_widths, multiplier_widths, target_multiplier
 from morphcli.surgery.write import write_result
 
@@ -26,6 +31,7 @@ def run_expand(
     target: tuple[str, str] | None = None,
     round_to: int = 1,
     init: Init | None = None,
+    latency: LatencySetup | None = None,
 ) -> dict[str, Any]:
     """``morphnet expand``: one width multiplier, given or found for a target.
 
@@ -34,9 +40,11 @@ def run_expand(
         output_path: Where the result is written (atomically); must not be the input.
         input_shapes: Concrete shapes for dynamic input dims. Defaults to None.
         multiplier: The width multiplier W. Defaults to None.
-        target: ("flops" or "params", the flag's text such as "2G"). Defaults to None.
+        target: ("flops", "params" or "latency", the flag's text such as "2G"). Defaults
+            to None.
         round_to: Every changed width a multiple of this. Defaults to 1.
         init: How new channels start. Defaults to ``Init()`` (function-preserving).
+        latency: How a latency target is measured. Defaults to ``LatencySetup()``.
 
     Returns:
         The report document (see ``report_widths.width_report``).
@@ -46,23 +54,42 @@ def run_expand(
     """
     check_output_path(model_path, output_path)
     if (multiplier is None) == (target is None):
-        raise MorphError("give one of --multiplier, --target-flops and --target-params")
+        raise MorphError(
+            "give one of --multiplier, --target-flops, --target-params and --target-latency"
+        )
     if round_to < 1:
         raise MorphError(f"bad --round-to {round_to}: must be >= 1")
     init = init or Init()
     if init.mode != PRESERVE and init.noise:
         raise MorphError("--noise applies to --init preserve (random channels need no noise)")
+    latency_target = None
+    if target is not None and target[0] == "latency":
+        latency_target = parse_latency_target(target[1])
     model = load_model(model_path, input_shapes)
     cg = build_channel_graph(model)
     cm = build_cost_model(model, cg)
+    importance = class_importance(model, cg)
+    initialization = {"mode": init.mode, "noise": init.noise, "seed": init.seed}
+    if latency_target is not None:
+
+        def choose(resource: Resource, aim: float) -> tuple[list[np.ndarray], dict]:
+            omega = target_multiplier(resource, cg, aim, round_to)
+            copies = copies_for_widths(cg, importance, multiplier_widths(cg, omega, round_to))
+            return copies, {"multiplier": omega}
+
+        return write_to_latency(
+            "expand", model, cg, cm, latency_target, latency or LatencySetup(), choose,
+            output_path, init=init, mode="target", initialization=initialization,
+        )  # fmt: skip
     extra: dict[str, Any] = {}
     if target is not None:
         kind, text = target
-        value = parse_target(text, cm.resource(kind), f"--target-{kind}")
-        multiplier = target_multiplier(cm, cg, kind, value, round_to)
+        resource = resource_kind(kind).bind(model, cg, cm)
+        value = parse_target(text, resource.value(cg.widths()), f"--target-{kind}")
+        multiplier = target_multiplier(resource, cg, value, round_to)
         extra["target"] = {"kind": kind, "value": round(value)}
     widths = multiplier_widths(cg, multiplier, round_to)
-    copies = copies_for_widths(cg, class_importance(model, cg), widths)
+    copies = copies_for_widths(cg, importance, widths)
     return write_result(
         "expand",
         model,
@@ -73,6 +100,6 @@ def run_expand(
         init=init,
         mode="target" if target else "multiplier",
         multiplier=multiplier,
-        initialization={"mode": init.mode, "noise": init.noise, "seed": init.seed},
+        initialization=initialization,
         **extra,
     )

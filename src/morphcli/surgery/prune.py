@@ -17,10 +17,13 @@ from morphcli.graph.builder import build_channel_graph
 from morphcli.graph.channels import ChannelGraph
 from morphcli.graph.model import load_model
 from morphcli.outputs import check_output_path
-from morphcli.resources.cost import CostModel, build_cost_model
-from morphcli.resources.targets import parse_target
+from morphcli.resources.cost import build_cost_model
+from morphcli.resources.resource import Resource, resource_kind
+from morphcli.resources.targets import parse_latency_target, parse_target
 from morphcli.surgery.dead import find_dead
 from morphcli.surgery.importance import class_importance
+from morphcli.surgery.latency import LatencySetup
+from morphcli.surgery.latency_target import write_to_latency
 from morphcli.surgery.widths import copies_for_widths, ratio_widths
 from morphcli.surgery.write import write_result
 
@@ -49,10 +52,9 @@ def _units(importance: np.ndarray, width: int, round_to: int) -> list[tuple[np.n
 
 
 def target_copies(
-    cm: CostModel,
+    resource: Resource,
     cg: ChannelGraph,
     importance: list[np.ndarray],
-    kind: str,
     target: float,
     round_to: int = 1,
 ) -> list[np.ndarray]:
@@ -67,7 +69,8 @@ def target_copies(
         MorphError: exit code 1 when even the narrowest widths cost more than the target
             (the message names that smallest reachable cost).
     """
-    per_channel = cm.per_channel(kind)
+    widths = cg.widths().astype(np.float64)
+    per_channel = resource.gradient(widths)
     units: list[tuple[float, int, int, np.ndarray]] = []
     for group, score in zip(cg.groups, importance, strict=True):
         if not group.prunable or per_channel[group.id] <= 0:
@@ -77,15 +80,14 @@ def target_copies(
     units.sort(key=lambda u: (u[0], u[1], u[2]))
     groups = np.array([u[1] for u in units], dtype=np.int64)
     sizes = np.array([len(u[3]) for u in units], dtype=np.float64)
-    widths = cm.widths.astype(np.float64)
 
     def cost(k: int) -> float:
         removed = np.bincount(groups[:k], weights=sizes[:k], minlength=len(widths))
-        return cm.resource(kind, widths - removed)
+        return resource.value(widths - removed)
 
     if cost(len(units)) > target:
         raise MorphError(
-            f"the target {kind} {target:.4g} is unreachable: the smallest reachable is "
+            f"the target {resource.name} {target:.4g} is unreachable: the smallest reachable is "
             f"{cost(len(units)):.4g} (every removable group at its narrowest)",
             exit_code=EXIT_BUDGET,
         )
@@ -98,7 +100,7 @@ def target_copies(
             low = mid + 1
     chosen = list(range(max(low - 1, 0)))
     if low:
-        chosen += _landing(units, chosen, widths, kind, target, cm)
+        chosen += _landing(units, chosen, widths, resource, target)
     copies = [np.ones(g.width, dtype=np.int64) for g in cg.groups]
     for i in chosen:
         copies[units[i][1]][units[i][3]] = 0
@@ -106,7 +108,7 @@ def target_copies(
 
 
 def _landing(
-    units: list, taken: list[int], widths: np.ndarray, kind: str, target: float, cm: CostModel
+    units: list, taken: list[int], widths: np.ndarray, resource: Resource, target: float
 ) -> list[int]:
     """The last units to remove: the shortest importance prefix overshoots by up to one unit,
     so finish with the groups' next units instead. Take one that lands in
@@ -126,7 +128,7 @@ def _landing(
             seen.add(gid)
             alive = widths - removed
             alive[gid] -= len(picked)
-            steps.append((cm.resource(kind, alive), i))
+            steps.append((resource.value(alive), i))
         under = [s for s in steps if s[0] <= target]
         over = [s for s in steps if s[0] > target]
         best = max(under) if under else None
@@ -160,6 +162,7 @@ def run_prune(
     target: tuple[str, str] | None = None,
     ratio: float | None = None,
     round_to: int = 1,
+    latency: LatencySetup | None = None,
 ) -> dict[str, Any]:
     """``morphnet prune``: remove dead channels (default), a ratio, or down to a target.
 
@@ -169,9 +172,11 @@ def run_prune(
         input_shapes: Concrete shapes for dynamic input dims. Defaults to None.
         threshold: Dead mode: a BN scale under this (absolute) counts as zero. Defaults to 1e-3.
         allow_approximate: Dead mode: also remove constant channels whose fold is inexact.
-        target: ("flops" or "params", the flag's text such as "50%"). Defaults to None.
+        target: ("flops", "params" or "latency", the flag's text such as "50%"). Defaults
+            to None.
         ratio: Keep this fraction of every removable group. Defaults to None.
         round_to: Every changed width a multiple of this. Defaults to 1.
+        latency: How a latency target is measured. Defaults to ``LatencySetup()``.
 
     Returns:
         The report document (see ``report_widths.width_report``).
@@ -181,22 +186,38 @@ def run_prune(
     """
     check_output_path(model_path, output_path)
     if target is not None and ratio is not None:
-        raise MorphError("give one of --target-flops, --target-params and --ratio")
+        raise MorphError(
+            "give one of --target-flops, --target-params, --target-latency and --ratio"
+        )
     if round_to < 1:
         raise MorphError(f"bad --round-to {round_to}: must be >= 1")
     if threshold < 0:
         raise MorphError(f"bad --threshold {threshold}: must be >= 0")
+    latency_target = None
+    if target is not None and target[0] == "latency":
+        latency_target = parse_latency_target(target[1])
     model = load_model(model_path, input_shapes)
     cg = build_channel_graph(model)
     cm = build_cost_model(model, cg)
+    importance = class_importance(model, cg) if target or ratio else []
+    if latency_target is not None:
+
+        def choose(resource: Resource, aim: float) -> tuple[list[np.ndarray], dict]:
+            return target_copies(resource, cg, importance, aim, round_to), {}
+
+        return write_to_latency(
+            "prune", model, cg, cm, latency_target, latency or LatencySetup(), choose,
+            output_path, mode="target",
+        )  # fmt: skip
     if target is not None:
         kind, text = target
-        value = parse_target(text, cm.resource(kind), f"--target-{kind}")
-        copies = target_copies(cm, cg, class_importance(model, cg), kind, value, round_to)
+        resource = resource_kind(kind).bind(model, cg, cm)
+        value = parse_target(text, resource.value(cg.widths()), f"--target-{kind}")
+        copies = target_copies(resource, cg, importance, value, round_to)
         extra = {"target": {"kind": kind, "value": round(value)}}
         return write_result("prune", model, cg, cm, copies, output_path, mode="target", **extra)
     if ratio is not None:
-        copies = ratio_copies(cg, class_importance(model, cg), ratio, round_to)
+        copies = ratio_copies(cg, importance, ratio, round_to)
         return write_result("prune", model, cg, cm, copies, output_path, mode="ratio", ratio=ratio)
     plan = find_dead(model, cg, threshold, allow_approximate, round_to)
     copies = [np.ones(g.width, dtype=np.int64) for g in cg.groups]

@@ -14,7 +14,7 @@ import numpy as np
 
 from morphcli.errors import EXIT_BUDGET, MorphError
 from morphcli.graph.channels import ChannelGraph
-from morphcli.resources.cost import CostModel
+from morphcli.resources.resource import Resource
 
 # The search stops widening here: a model 1000x wider than the input is not a sane target.
 MAX_MULTIPLIER = 1000.0
@@ -86,17 +86,19 @@ def multiplier_widths(cg: ChannelGraph, multiplier: float, round_to: int = 1) ->
 
 
 def target_multiplier(
-    cm: CostModel, cg: ChannelGraph, kind: str, target: float, round_to: int = 1
+    resource: Resource, cg: ChannelGraph, target: float, round_to: int = 1
 ) -> float:
-    """The largest multiplier whose rounded widths cost at most ``target``.
+    """The largest multiplier whose rounded widths cost at most ``target`` of ``resource``.
 
     Raises:
         MorphError: exit code 1 when the narrowest widths already cost more than the target,
             or when even ``MAX_MULTIPLIER`` stays under it (no removable group).
     """
 
+    kind = resource.name
+
     def cost(w: float) -> float:
-        return cm.resource(kind, multiplier_widths(cg, w, round_to).astype(np.float64))
+        return resource.value(multiplier_widths(cg, w, round_to).astype(np.float64))
 
     low = 1e-9  # every removable group at its narrowest
     if cost(low) > target:
@@ -124,9 +126,8 @@ def target_multiplier(
 
 
 def top_up(
-    cm: CostModel,
+    resource: Resource,
     cg: ChannelGraph,
-    resource: str,
     widths: np.ndarray,
     share: np.ndarray,
     target: float,
@@ -141,12 +142,12 @@ def top_up(
     """
     widths = widths.copy()
     prunable = cg.prunable_mask()
-    while cm.resource(resource, widths) < low * target:
+    while resource.value(widths) < low * target:
         ratio = np.where(prunable, widths / np.maximum(share, 1e-9), np.inf)
         for gid in np.argsort(ratio, kind="stable")[: int(prunable.sum())]:
             trial = widths.copy()
             trial[gid] += step
-            if cm.resource(resource, trial) <= target:
+            if resource.value(trial) <= target:
                 widths = trial
                 break
         else:

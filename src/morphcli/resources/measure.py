@@ -1,0 +1,135 @@
+"""Timing models with onnxruntime: per kernel (profiled runs) and whole-model runs.
+
+Timings on a busy machine drift with its load, so every comparison interleaves: the
+profiled and the plain session of a model run alternately, and models compared with each
+other run round-robin in one process. Every figure is a median over runs after warm-up.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from morphcli.errors import MorphError
+from morphcli.graph.runtime import Runtime, dummy_inputs, kernel_times, session, with_batch
+from morphcli.ops.base import Shape
+
+WARMUP = 2
+RUNS = 7
+
+
+@dataclass
+class Timing:
+    """One model's kernel times (median ms per run), the graph onnxruntime ran (structure
+    only: large initializers are not read back), and its whole-model median (ms)."""
+
+    kernels: dict[str, float]
+    optimized: onnx.ModelProto
+    whole_ms: float
+
+
+def feeds_for(proto: onnx.ModelProto, input_shapes: dict[str, Shape], batch: int) -> dict:
+    """Random inputs at ``batch`` (the analysis shapes have batch 1)."""
+    shapes = {name: (batch, *shape[1:]) for name, shape in input_shapes.items()}
+    return dummy_inputs(proto, shapes)
+
+
+def _sessions(protos: list[onnx.ModelProto], runtime: Runtime, path: str, **profiling):
+    try:
+        return [
+            session(with_batch(p, runtime.batch), runtime.threads, runtime.provider, **profiling)
+            for p in protos
+        ]
+    except Exception as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise MorphError(
+            f"onnxruntime cannot run the model on {runtime}: {first}", file=path
+        ) from None
+
+
+def _run(sess, feeds: dict, path: str, runtime: Runtime) -> float:
+    start = time.perf_counter()
+    try:
+        sess.run(None, feeds)
+    except Exception as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise MorphError(
+            f"onnxruntime cannot run the model on {runtime}: {first}", file=path
+        ) from None
+    return 1000.0 * (time.perf_counter() - start)
+
+
+def _per_run(times: list[float], runs: int) -> float:
+    """A kernel's median time per run after warm-up (a kernel may run several times a run)."""
+    per = max(len(times) // (WARMUP + runs), 1)
+    kept = np.asarray(times[WARMUP * per :][: runs * per])
+    if len(kept) < per:
+        return float(np.median(times))
+    return float(np.median(kept[: len(kept) // per * per].reshape(-1, per).sum(axis=1)))
+
+
+def time_model(
+    proto: onnx.ModelProto,
+    runtime: Runtime,
+    input_shapes: dict[str, Shape],
+    path: str,
+    runs: int = RUNS,
+) -> Timing:
+    """Kernel medians from a profiled session and the whole-model median from a plain one,
+    their runs alternating.
+
+    Raises:
+        MorphError: onnxruntime cannot run the model on ``runtime`` (exit code 2).
+    """
+    feeds = feeds_for(proto, input_shapes, runtime.batch)
+    with tempfile.TemporaryDirectory(prefix="morphcli-latency-") as tmp:
+        optimized_path = os.path.join(tmp, "optimized.onnx")
+        (profiled,) = _sessions(
+            [proto], runtime, path, profile_prefix=os.path.join(tmp, "profile"),
+            optimized_path=optimized_path,
+        )  # fmt: skip
+        (plain,) = _sessions([proto], runtime, path)
+        whole = []
+        for i in range(WARMUP + runs):
+            _run(profiled, feeds, path, runtime)
+            elapsed = _run(plain, feeds, path, runtime)
+            if i >= WARMUP:
+                whole.append(elapsed)
+        kernels = {k: _per_run(v, runs) for k, v in kernel_times(profiled.end_profiling()).items()}
+        optimized = onnx.load(optimized_path, load_external_data=False)
+    return Timing(kernels, optimized, statistics.median(whole))
+
+
+def time_interleaved(
+    protos: list[onnx.ModelProto],
+    runtime: Runtime,
+    input_shapes: dict[str, Shape],
+    path: str,
+    min_runs: int,
+    budget_s: float,
+    max_runs: int = 200,
+) -> np.ndarray:
+    """[runs, models] whole-model times (ms), the models run round-robin in this process:
+    at least ``min_runs`` rounds, more (up to ``max_runs``) while ``budget_s`` seconds last.
+
+    Raises:
+        MorphError: onnxruntime cannot run a model on ``runtime`` (exit code 2).
+    """
+    sessions = _sessions(protos, runtime, path)
+    feeds = feeds_for(protos[0], input_shapes, runtime.batch)
+    for sess in sessions:
+        for _ in range(WARMUP):
+            _run(sess, feeds, path, runtime)
+    rounds = []
+    started = time.perf_counter()
+    while len(rounds) < min_runs or (
+        len(rounds) < max_runs and time.perf_counter() - started < budget_s
+    ):
+        rounds.append([_run(sess, feeds, path, runtime) for sess in sessions])
+    return np.array(rounds)

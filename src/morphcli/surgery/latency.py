@@ -1,0 +1,228 @@
+"""Measuring a model's latency model: width variants made by surgery, timed with onnxruntime.
+
+The model is timed at full width and at FIT_CONFIGS random width configurations (every
+removable group scaled by a common factor in SCALES with per-group jitter, the widths of a
+configuration rounded to a multiple of one of ROUNDINGS, so aligned and unaligned widths are
+both seen), each variant made by ``apply_copies`` (random channels kept or replicated).
+Every kernel's time goes to the unit of nodes it runs (``resources.kernels``); the fit is
+``resources.latency``. CHECK_CONFIGS further configurations, not used in the fit, check it:
+the predicted whole-model latency against the measured one. The result is cached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from morphcli.graph.channels import ChannelGraph
+from morphcli.graph.model import Model
+from morphcli.graph.runtime import Runtime
+from morphcli.resources.cost import CostModel
+from morphcli.resources.kernels import OriginalGraph, Units, anchors, coverage
+from morphcli.resources.latency import LatencyModel, Unit, UnitFeatures, fit_latency
+from morphcli.resources.latency_cache import (
+    cache_key,
+    default_cache_dir,
+    entry_path,
+    load_cached,
+    model_digest,
+    store,
+)
+from morphcli.resources.measure import RUNS, Timing, time_interleaved, time_model
+from morphcli.surgery.apply import apply_copies
+from morphcli.surgery.widths import copies_for_width
+
+FIT_CONFIGS = 20
+CHECK_CONFIGS = 6
+SCALES = (0.15, 1.25)
+JITTER = 0.25
+ROUNDINGS = (1, 4, 8, 16, 2)
+
+# (configurations done, configurations in all)
+OnStep = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class LatencySetup:
+    """How latency is measured: where the model runs, where measurements are cached (None:
+    the default folder; ``""``: no cache), and where progress goes: ``on_step(done, total)``
+    while measuring, ``note(text)`` for what happened."""
+
+    runtime: Runtime = field(default_factory=Runtime)
+    cache_dir: str | None = None
+    on_step: OnStep | None = field(default=None, compare=False)
+    note: Callable[[str], None] | None = field(default=None, compare=False)
+
+    def say(self, text: str) -> None:
+        if self.note is not None:
+            self.note(text)
+
+    def folder(self) -> str | None:
+        if self.cache_dir == "":
+            return None
+        return str(default_cache_dir()) if self.cache_dir is None else self.cache_dir
+
+
+def width_configs(cg: ChannelGraph, count: int, seed: int) -> list[np.ndarray]:
+    """``count`` width configurations: removable groups scaled (stratified over SCALES,
+    jittered by +-JITTER), rounded to a multiple of ROUNDINGS[k % len] where that leaves a
+    channel; pinned groups keep their widths."""
+    rng = np.random.default_rng(seed)
+    widths = cg.widths().astype(np.float64)
+    prunable = cg.prunable_mask()
+    low, high = SCALES
+    configs = []
+    for k in range(count):
+        scale = low + (high - low) * (k + rng.random()) / count
+        scaled = widths * scale * rng.uniform(1 - JITTER, 1 + JITTER, len(widths))
+        rounding = ROUNDINGS[k % len(ROUNDINGS)]
+        rounded = np.where(scaled >= rounding, np.rint(scaled / rounding) * rounding, scaled)
+        chosen = np.maximum(1, np.rint(rounded))
+        configs.append(np.where(prunable, chosen, widths).astype(np.int64))
+    return configs
+
+
+def variant(model: Model, cg: ChannelGraph, widths: np.ndarray, seed: int) -> onnx.ModelProto:
+    """The model at ``widths``: random channels kept, or replicated to widen."""
+    rng = np.random.default_rng(seed)
+    copies = [
+        copies_for_width(rng.random(g.width), int(w)) if g.prunable else np.ones(g.width, int)
+        for g, w in zip(cg.groups, widths, strict=True)
+    ]
+    return apply_copies(model, cg, copies)
+
+
+def _unit_ms(timing: Timing, proto: onnx.ModelProto, units: Units) -> dict[str, list[float]]:
+    """Per unit root, [kernel ms, kernels] (kernels without an anchor are left out)."""
+    graph = OriginalGraph.of(proto)
+    anchor_of = anchors(graph, timing.optimized)
+    units.add(coverage(graph, set(anchor_of.values())))
+    out: dict[str, list[float]] = {}
+    for kernel, ms in timing.kernels.items():
+        if kernel in anchor_of:
+            entry = out.setdefault(units.find(anchor_of[kernel]), [0.0, 0.0])
+            entry[0] += ms
+            entry[1] += 1
+    return out
+
+
+def measure_latency_model(
+    model: Model,
+    cg: ChannelGraph,
+    cm: CostModel,
+    runtime: Runtime,
+    seed: int = 0,
+    on_step: OnStep | None = None,
+) -> LatencyModel:
+    """Measure, fit and check the latency model (see the module docstring).
+
+    Raises:
+        MorphError: onnxruntime cannot run the model on ``runtime`` (exit code 2).
+    """
+    full = cg.widths()
+    fit_configs = [full, *width_configs(cg, FIT_CONFIGS, seed)]
+    check_configs = width_configs(cg, CHECK_CONFIGS, seed + 1)
+    total = len(fit_configs) + len(check_configs)
+    order = [n.name for n in model.graph.nodes]
+    units = Units(order)
+    timings, per_config = [], []
+    original = model.to_proto()
+    for k, widths in enumerate(fit_configs):
+        proto = original if k == 0 else variant(model, cg, widths, seed + k)
+        timing = time_model(proto, runtime, model.input_shapes, model.path)
+        timings.append(timing)
+        per_config.append(_unit_ms(timing, proto, units))
+        if on_step:
+            on_step(k + 1, total)
+    members = [tuple(m) for m in units.members(order + _extra_nodes(units, order))]
+    roots = {units.find(m[0]): u for u, m in enumerate(members)}
+    unit_ms = np.zeros((len(fit_configs), len(members)))
+    unit_kernels = np.zeros_like(unit_ms)
+    for k, times in enumerate(per_config):
+        for root, (ms, kernels) in times.items():
+            unit_ms[k, roots[units.find(root)]] += ms
+            unit_kernels[k, roots[units.find(root)]] += kernels
+    features = UnitFeatures(model, cg, cm.flop_table, members)
+    configs = [c.astype(np.float64) for c in fit_configs]
+    whole = np.array([t.whole_ms for t in timings])
+    fits, overhead = fit_latency(features, configs, unit_ms, unit_kernels, whole)
+    latency = LatencyModel(
+        runtime={"provider": runtime.provider, "threads": runtime.threads, "batch": runtime.batch},
+        units=[
+            Unit(nodes, fit, float(unit_ms[0, u]))
+            for u, (nodes, fit) in enumerate(zip(members, fits, strict=True))
+        ],
+        overhead_ms=overhead,
+        measured_ms=float(whole[0]),
+        kernels=_kernels(timings[0], original, units, roots),
+    )
+    resource = latency.bind(model, cg, cm)
+    errors = []
+    for k, widths in enumerate(check_configs):
+        proto = variant(model, cg, widths, seed + 1000 + k)
+        (measured,) = np.median(
+            time_interleaved([proto], runtime, model.input_shapes, model.path, RUNS, 0.0), axis=0
+        )
+        errors.append(resource.value(widths.astype(np.float64)) / measured - 1.0)
+        if on_step:
+            on_step(len(fit_configs) + k + 1, total)
+    latency.check = {
+        "configs": len(errors),
+        "errors": [round(e, 4) for e in errors],
+        "median_abs_error": float(np.median(np.abs(errors))),
+        "max_abs_error": float(np.max(np.abs(errors))),
+    }
+    return latency
+
+
+def _extra_nodes(units: Units, order: list[str]) -> list[str]:
+    """Nodes surgery added in some variant (not in the model itself)."""
+    known = set(order)
+    return [n for n in units.nodes() if n not in known]
+
+
+def _kernels(timing: Timing, proto: onnx.ModelProto, units: Units, roots: dict) -> list[dict]:
+    """What onnxruntime ran at full width: kernel, op type, unit and time."""
+    anchor_of = anchors(OriginalGraph.of(proto), timing.optimized)
+    op_types = {n.name: n.op_type for n in timing.optimized.graph.node}
+    return [
+        {
+            "name": kernel,
+            "op_type": op_types.get(kernel, "?"),
+            "unit": roots[units.find(anchor_of[kernel])] if kernel in anchor_of else None,
+            "ms": round(ms, 5),
+        }
+        for kernel, ms in timing.kernels.items()
+    ]
+
+
+def latency_model(
+    model: Model, cg: ChannelGraph, cm: CostModel, setup: LatencySetup
+) -> LatencyModel:
+    """The model's latency model on ``setup.runtime``: from the cache, else measured (and
+    cached; a cache that cannot be written is reported and skipped)."""
+    proto = model.to_proto().SerializeToString()
+    key = cache_key(model_digest(proto), model.input_shapes, setup.runtime)
+    folder = setup.folder()
+    if folder is not None:
+        cached = load_cached(folder, key)
+        if cached is not None:
+            setup.say(f"latency model from the cache: {entry_path(folder, key)}")
+            return cached
+    setup.say(
+        f"measuring the latency model on {setup.runtime} ({1 + FIT_CONFIGS + CHECK_CONFIGS} "
+        "width configurations; cached for next time)"
+    )
+    seed = int(key["model"][:8], 16)
+    latency = measure_latency_model(model, cg, cm, setup.runtime, seed, setup.on_step)
+    if folder is not None:
+        try:
+            path = store(folder, key, latency)
+        except OSError as error:
+            setup.say(f"latency cache not written ({folder}): {error}")
+        else:
+            setup.say(f"latency model cached: {path}")
+    return latency

@@ -1,0 +1,182 @@
+"""Meeting a latency target: search on the latency model, then measure.
+
+A latency target is met when the result, measured, takes between BAND[0] and BAND[1] times
+the target. Measured means: the result and the input model run round-robin in one process
+(so a change in machine load hits both), at least VERIFY_RUNS rounds and up to
+VERIFY_BUDGET_S seconds, and the medians compared; the ratio's 95% interval comes from
+resampling the rounds. A share target (``50%``) is a share of the input's latency measured
+in that same run; an absolute one (``3ms``) is compared with the result's median.
+
+The searches run on the latency model with AIM x the target as their ceiling (the middle of
+the band, so a model error of a few percent still lands in it). When the measured result
+misses the band, the aim is corrected once by the miss (AIM / measured fraction) and the
+search runs again; the closer of the two results is kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+
+from morphcli.errors import MorphError
+from morphcli.graph.channels import ChannelGraph
+from morphcli.graph.load import read_proto
+from morphcli.graph.model import Model
+from morphcli.resources.cost import CostModel
+from morphcli.resources.latency import LatencyModel
+from morphcli.resources.measure import time_interleaved
+from morphcli.resources.resource import Resource
+from morphcli.resources.targets import LatencyTarget
+from morphcli.surgery.apply import Init, apply_copies
+from morphcli.surgery.latency import LatencySetup, latency_model
+from morphcli.surgery.write import write_result
+
+BAND = (0.90, 1.00)
+AIM = 0.95
+VERIFY_RUNS = 15
+VERIFY_BUDGET_S = 3.0
+RESAMPLES = 1000
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Input and result measured together: medians (ms), their ratio and its 95% interval."""
+
+    before_ms: float
+    after_ms: float
+    ratio: float
+    interval: tuple[float, float]
+    runs: int
+
+    def fraction(self, target: LatencyTarget) -> float:
+        """The result's latency as a fraction of the target."""
+        return self.after_ms / target.of(self.before_ms)
+
+
+def compare(before: onnx.ModelProto, after: onnx.ModelProto, model: Model, setup: LatencySetup):
+    """Measure ``before`` and ``after`` round-robin (see the module docstring)."""
+    times = time_interleaved(
+        [before, after], setup.runtime, model.input_shapes, model.path, VERIFY_RUNS,
+        VERIFY_BUDGET_S,
+    )  # fmt: skip
+    medians = np.median(times, axis=0)
+    rng = np.random.default_rng(0)
+    picks = rng.integers(0, len(times), size=(RESAMPLES, len(times)))
+    resampled = np.median(times[picks], axis=1)
+    ratios = resampled[:, 1] / resampled[:, 0]
+    low, high = np.percentile(ratios, [2.5, 97.5])
+    return Comparison(
+        float(medians[0]), float(medians[1]), float(medians[1] / medians[0]),
+        (float(low), float(high)), len(times),
+    )  # fmt: skip
+
+
+@dataclass
+class Candidate:
+    """A structure a search found: its model, its resource's value (the predicted latency
+    for a latency target), and what the search chose (copy counts, a multiplier)."""
+
+    proto: onnx.ModelProto
+    predicted: float
+    choice: Any = None
+
+
+def search_measured(
+    search: Callable[[float], Candidate],
+    reference: onnx.ModelProto,
+    target: LatencyTarget,
+    aim: float,
+    model: Model,
+    setup: LatencySetup,
+) -> tuple[Candidate, bool]:
+    """``search(aim)`` (``aim`` on the latency model, AIM x the target), corrected once by
+    measurement against ``reference`` when the result misses the band; returns the result
+    and whether the aim was corrected.
+
+    Raises:
+        MorphError: exit code 1 when the target is out of reach on the latency model.
+    """
+    first = search(aim)
+    fraction = compare(reference, first.proto, model, setup).fraction(target)
+    if BAND[0] <= fraction <= BAND[1]:
+        return first, False
+    try:
+        second = search(aim * AIM / fraction)
+    except MorphError:  # the corrected aim is out of reach: keep the first
+        return first, False
+    second_fraction = compare(reference, second.proto, model, setup).fraction(target)
+    return (second if abs(second_fraction - AIM) < abs(fraction - AIM) else first), True
+
+
+def latency_report(
+    target: LatencyTarget,
+    latency: LatencyModel,
+    predicted: tuple[float, float],
+    measured: Comparison,
+    corrected: bool,
+) -> dict[str, Any]:
+    """The ``latency`` section of a report (keys in README.md)."""
+    fraction = measured.fraction(target)
+    return {
+        "target": target.text,
+        "target_ms": target.of(measured.before_ms),
+        "runtime": latency.runtime,
+        "predicted_ms": {"before": predicted[0], "after": predicted[1]},
+        "measured_ms": {"before": measured.before_ms, "after": measured.after_ms},
+        "measured_ratio": measured.ratio,
+        "ratio_interval": list(measured.interval),
+        "runs": measured.runs,
+        "fraction_of_target": fraction,
+        "band": list(BAND),
+        "met": BAND[0] <= fraction <= BAND[1],
+        "corrected": corrected,
+        "model_error": {
+            "median": latency.check.get("median_abs_error"),
+            "max": latency.check.get("max_abs_error"),
+        },
+    }
+
+
+# (the resource, the aim in ms) -> (copy counts per group, report keys of the choice)
+Choose = Callable[[Resource, float], tuple[list[np.ndarray], dict[str, Any]]]
+
+
+def write_to_latency(
+    command: str,
+    model: Model,
+    cg: ChannelGraph,
+    cm: CostModel,
+    target: LatencyTarget,
+    setup: LatencySetup,
+    choose: Choose,
+    output_path: str,
+    init: Init | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """``prune`` / ``expand`` to a latency target: choose copy counts on the latency model
+    (corrected once by measurement), write the result, measure the written file against the
+    input, and return the width report with its ``latency`` section."""
+    latency = latency_model(model, cg, cm, setup)
+    resource = latency.bind(model, cg, cm)
+    predicted_input = resource.value(cg.widths().astype(np.float64))
+
+    def search(aim: float) -> Candidate:
+        copies, keys = choose(resource, aim)
+        widths = np.array([int(np.sum(c)) for c in copies], dtype=np.float64)
+        proto = apply_copies(model, cg, copies, init=init)
+        return Candidate(proto, resource.value(widths), (copies, keys))
+
+    reference = model.to_proto()
+    aim = AIM * target.of(predicted_input)
+    found, corrected = search_measured(search, reference, target, aim, model, setup)
+    copies, keys = found.choice
+    doc = write_result(command, model, cg, cm, copies, output_path, init=init, **extra, **keys)
+    written = read_proto(output_path)
+    measured = compare(reference, written, model, setup)
+    predicted = (predicted_input, found.predicted)
+    doc["latency"] = latency_report(target, latency, predicted, measured, corrected)
+    return doc
