@@ -30,3 +30,9 @@ def input_shapes_for(path: Path) -> dict[str, list[int]] | None:
 @pytest.fixture
 def cli() -> CliRunner:
     return CliRunner()
+
+
+@pytest.fixture(scope="session")
+def latency_cache(tmp_path_factory) -> str:
+    """One latency-model cache for the session: a sample model is measured once."""
+    return str(tmp_path_factory.mktemp("latency-cache"))

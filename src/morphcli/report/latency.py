@@ -56,7 +56,7 @@ def latency_analysis(
         "runtime": latency.runtime,
         "measured_ms": latency.measured_ms,
         "predicted_ms": resource.value(widths),
-        "overhead_ms": latency.overhead_ms,
+        "calibration": list(latency.calibration),
         "model_error": {
             "configs": latency.check.get("configs"),
             "median": latency.check.get("median_abs_error"),

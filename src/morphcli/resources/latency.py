@@ -4,10 +4,10 @@ The model's nodes fall into units, the nodes onnxruntime runs in one kernel (``k
 Each unit's time is a piecewise-linear function of its FLOPs and of the elements it reads
 and writes, both functions of the alive channels (``latency_fit``); the whole model is
 
-    latency(alive) = a + sum_u t_u(alive)
+    latency(alive) = a + b * sum_u t_u(alive)
 
-where a is the framework's time between kernels (``fit_latency`` calibrates profiled kernel
-times to whole-model runs). The gradient is the slope of each unit's staircase
+where a and b calibrate the sum of profiled kernel times to whole-model runs
+(``fit_latency``). The gradient is the slope of each unit's staircase
 envelope: what one more channel of a group costs on average over a kernel step.
 
 A ``LatencyModel`` is measured once for a model and a runtime (``surgery.latency``), cached
@@ -24,17 +24,22 @@ import numpy as np
 
 from morphcli.graph.channels import ChannelGraph
 from morphcli.graph.model import Model
-from morphcli.resources.cost import CostModel, CostTerm, TermTable, build_traffic_table
-from morphcli.resources.latency_fit import STEPS, Features, UnitFit, fit_unit
+from morphcli.resources.cost import CostModel, CostTerm, Factor, TermTable, build_traffic_table
+from morphcli.resources.latency_fit import N_COEF, STEPS, Features, UnitFit, fit_unit, nnls
 from morphcli.resources.resource import Resource
 
 # Bump when the measurement or the fit changes: cached models of other formats are re-measured.
-FORMAT = 1
+FORMAT = 2
 
 
 class UnitFeatures:
     """Every unit's FLOPs, traffic and alignment as functions of the alive channels of
-    ``cg``'s groups (nodes missing from the model contribute nothing)."""
+    ``cg``'s groups (nodes missing from the model contribute nothing).
+
+    A unit's own channel counts are those of its nodes' tensors; its neighbours' are those
+    of the tensors of the nodes one edge away (consumers of its outputs, producers of its
+    inputs) that are not its own.
+    """
 
     def __init__(
         self, model: Model, cg: ChannelGraph, flops: TermTable, units: list[tuple[str, ...]]
@@ -47,19 +52,27 @@ class UnitFeatures:
             (table, np.array([unit_of.get(t.node, -1) for t in table.terms], np.int64))
             for table in (flops, traffic)
         ]
-        channel_terms: list[CostTerm] = []
-        owners: list[int] = []
-        seen: set[tuple] = set()
+        factors_of: dict[str, list[Factor]] = {}
         for term in traffic.terms:
-            unit = unit_of.get(term.node, -1)
-            for factor in term.factors:
-                key = (unit, tuple(factor.groups.tolist()), tuple(factor.counts.tolist()))
-                if unit >= 0 and key not in seen:
-                    seen.add(key)
-                    channel_terms.append(CostTerm(term.node, 1.0, (factor,)))
-                    owners.append(unit)
-        self._channels = TermTable(channel_terms, self.n_groups)
-        self._channel_unit = np.array(owners, dtype=np.int64)
+            factors_of.setdefault(term.node, []).extend(term.factors)
+        neighbours: dict[str, set[str]] = {}
+        for tensor in model.graph.tensors().values():
+            ends = [n.name for n in (*tensor.inputs, *tensor.outputs)]
+            for node in ends:
+                neighbours.setdefault(node, set()).update(ends)
+        own = {
+            u: [f for n in nodes for f in factors_of.get(n, [])] for u, nodes in enumerate(units)
+        }
+        near = {
+            u: [
+                f
+                for n in sorted({m for n in nodes for m in neighbours.get(n, ())} - set(nodes))
+                for f in factors_of.get(n, [])
+            ]
+            for u, nodes in enumerate(units)
+        }
+        self._own = _ChannelCounts(own, self.n_units, self.n_groups)
+        self._near = _ChannelCounts(near, self.n_units, self.n_groups)
 
     def work(self, alive: np.ndarray, step: int = 1) -> np.ndarray:
         """[units, 2]: FLOPs and elements read and written, channels rounded up to ``step``."""
@@ -70,11 +83,10 @@ class UnitFeatures:
             columns.append(np.bincount(owner[keep], values[keep], minlength=self.n_units))
         return np.stack(columns, axis=1)
 
-    def misaligned(self, alive: np.ndarray, align: int) -> np.ndarray:
-        """Per unit, whether one of its channel counts is not a multiple of ``align``."""
-        sizes = np.rint(self._channels.term_values(alive)).astype(np.int64)
-        off = (sizes % align != 0).astype(np.float64)
-        return np.bincount(self._channel_unit, off, minlength=self.n_units) > 0
+    def misaligned(self, alive: np.ndarray, align: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per unit, whether one of its own / its neighbours' channel counts is not a
+        multiple of ``align``."""
+        return self._own.misaligned(alive, align), self._near.misaligned(alive, align)
 
     def gradient(self, alive: np.ndarray, weights: np.ndarray, step: int) -> np.ndarray:
         """d sum_u (weights[u] . work_u(alive, step)) / d alive, ``weights`` [units, 2]."""
@@ -88,32 +100,66 @@ class UnitFeatures:
     def table(self, configs: list[np.ndarray]) -> list[Features]:
         """Per unit, its features at every configuration (for the fit)."""
         padded = {s: np.stack([self.work(a, s) for a in configs]) for s in STEPS}
-        misaligned = {a: np.stack([self.misaligned(c, a) for c in configs]) for a in STEPS}
+        flags = {a: [self.misaligned(c, a) for c in configs] for a in STEPS}
+        own = {a: np.stack([f[0] for f in flags[a]]).astype(np.float64) for a in STEPS}
+        near = {a: np.stack([f[1] for f in flags[a]]).astype(np.float64) for a in STEPS}
         return [
             Features(
                 {s: padded[s][:, u] for s in STEPS},
                 padded[1][:, u],
-                {a: misaligned[a][:, u].astype(np.float64) for a in STEPS},
+                {a: own[a][:, u] for a in STEPS},
+                {a: near[a][:, u] for a in STEPS},
             )
             for u in range(self.n_units)
         ]
+
+
+class _ChannelCounts:
+    """Channel counts (distinct factors) per unit, checked for alignment together."""
+
+    def __init__(self, factors: dict[int, list[Factor]], n_units: int, n_groups: int) -> None:
+        terms: list[CostTerm] = []
+        owners: list[int] = []
+        for unit, found in factors.items():
+            seen: set[tuple] = set()
+            for factor in found:
+                key = (tuple(factor.groups.tolist()), tuple(factor.counts.tolist()))
+                if key not in seen:
+                    seen.add(key)
+                    terms.append(CostTerm("", 1.0, (factor,)))
+                    owners.append(unit)
+        self._table = TermTable(terms, n_groups)
+        self._owner = np.array(owners, dtype=np.int64)
+        self._n_units = n_units
+
+    def misaligned(self, alive: np.ndarray, align: int) -> np.ndarray:
+        sizes = np.rint(self._table.term_values(alive)).astype(np.int64)
+        off = (sizes % align != 0).astype(np.float64)
+        return np.bincount(self._owner, off, minlength=self._n_units) > 0
 
 
 class UnitTimes:
     """The fitted units as arrays: their times and the gradient of their sum at any widths."""
 
     def __init__(self, fits: list[UnitFit]) -> None:
-        self.coef = np.array([f.coef for f in fits], dtype=np.float64).reshape(-1, 5)
+        self.coef = np.array([f.coef for f in fits], dtype=np.float64).reshape(-1, N_COEF)
         self.step = np.array([f.step for f in fits], dtype=np.int64)
         self.align = np.array([f.align for f in fits], dtype=np.int64)
 
     def _off(self, features: UnitFeatures, alive: np.ndarray) -> np.ndarray:
-        """1.0 for units whose own alignment is broken at ``alive``."""
-        off = np.zeros(len(self.align))
+        """[units, 2]: 1.0 where a unit's own / neighbours' alignment is broken."""
+        off = np.zeros((len(self.align), 2))
         for align in set(self.align[self.align > 1].tolist()):
             rows = self.align == align
-            off[rows] = features.misaligned(alive, align)[rows]
+            own, near = features.misaligned(alive, align)
+            off[rows] = np.stack([own, near], axis=1)[rows]
         return off
+
+    def _exact_weights(self, off: np.ndarray) -> np.ndarray:
+        """[units, 2]: the misaligned coefficients on (F, B) that apply."""
+        flops = off[:, 0] * self.coef[:, 3]
+        traffic = off[:, 0] * self.coef[:, 4] + off[:, 1] * self.coef[:, 5]
+        return np.stack([flops, traffic], axis=1)
 
     def times(self, features: UnitFeatures, alive: np.ndarray) -> np.ndarray:
         """Every unit's predicted time (ms) at ``alive``."""
@@ -124,17 +170,17 @@ class UnitTimes:
             rows = self.step == step
             work = exact if step == 1 else features.work(alive, step)
             out[rows] += np.sum(self.coef[rows, 1:3] * work[rows], axis=1)
-        off = self._off(features, alive)
-        return out + off * np.sum(self.coef[:, 3:5] * exact, axis=1)
+        weights = self._exact_weights(self._off(features, alive))
+        return out + np.sum(weights * exact, axis=1)
 
     def gradient(self, features: UnitFeatures, alive: np.ndarray) -> np.ndarray:
         """d sum_u t_u / d alive, each staircase by its envelope."""
         alive = np.asarray(alive, dtype=np.float64)
-        off = self._off(features, alive)[:, None]
-        grad = features.gradient(alive, off * self.coef[:, 3:5], 1)
+        weights = self._exact_weights(self._off(features, alive))
+        grad = features.gradient(alive, weights, 1)
         for step in set(self.step.tolist()):
-            weights = np.where((self.step == step)[:, None], self.coef[:, 1:3], 0.0)
-            grad += features.gradient(alive, weights, step)
+            padded = np.where((self.step == step)[:, None], self.coef[:, 1:3], 0.0)
+            grad += features.gradient(alive, padded, step)
         return grad
 
 
@@ -157,7 +203,7 @@ class LatencyModel:
 
     runtime: dict[str, Any]
     units: list[Unit]
-    overhead_ms: float
+    calibration: tuple[float, float]
     measured_ms: float
     kernels: list[dict[str, Any]] = field(default_factory=list)
     check: dict[str, Any] = field(default_factory=dict)
@@ -171,7 +217,7 @@ class LatencyModel:
         return {
             "format": FORMAT,
             "runtime": self.runtime,
-            "overhead_ms": self.overhead_ms,
+            "calibration": list(self.calibration),
             "measured_ms": self.measured_ms,
             "units": [
                 {"nodes": list(u.nodes), "measured_ms": u.measured_ms, **asdict(u.fit)}
@@ -190,15 +236,16 @@ class LatencyModel:
             units = []
             for entry in doc["units"]:
                 coef = tuple(float(c) for c in entry["coef"])
-                if len(coef) != 5 or not all(np.isfinite(coef)):
+                if len(coef) != N_COEF or not all(np.isfinite(coef)):
                     raise ValueError("bad unit coefficients")
                 fit = UnitFit(int(entry["step"]), int(entry["align"]), coef, entry["loo_error"])
                 if fit.step not in STEPS or fit.align not in STEPS:
                     raise ValueError("bad unit step")
                 nodes = tuple(str(n) for n in entry["nodes"])
                 units.append(Unit(nodes, fit, float(entry["measured_ms"])))
+            a, b = (float(v) for v in doc["calibration"])
             return cls(
-                dict(doc["runtime"]), units, float(doc["overhead_ms"]), float(doc["measured_ms"]),
+                dict(doc["runtime"]), units, (a, b), float(doc["measured_ms"]),
                 list(doc["kernels"]), dict(doc["check"]),
             )  # fmt: skip
         except (KeyError, TypeError, IndexError) as error:
@@ -209,27 +256,20 @@ def fit_latency(
     features: UnitFeatures,
     configs: list[np.ndarray],
     unit_ms: np.ndarray,
-    unit_kernels: np.ndarray,
     whole_ms: np.ndarray,
-) -> tuple[list[UnitFit], float]:
-    """Fit every unit to its kernel times and return the fits and the overhead.
-
-    A profiled kernel takes longer than it does unprofiled, by about the same amount each;
-    the sum of kernel times also misses the framework's work between kernels. Both are
-    found by least squares over the configurations, ``whole - sum(kernel ms) = a + d *
-    kernels`` (a >= 0), and every unit's times become ``ms + d * its kernels`` (``unit_ms``
-    and ``unit_kernels`` are [configs, units]) before its fit, so that the whole model is
-
-        latency = a + sum_u t_u.
-    """
-    gap = np.asarray(whole_ms, float) - unit_ms.sum(axis=1)
-    counted = unit_kernels.sum(axis=1)
-    (a, d), *_ = np.linalg.lstsq(np.stack([np.ones(len(gap)), counted], axis=1), gap, rcond=None)
-    if a < 0:
-        a, d = 0.0, float(gap @ counted / max(counted @ counted, 1e-12))
-    corrected = np.maximum(unit_ms + d * unit_kernels, 0.0)
-    fits = [fit_unit(f, corrected[:, u]) for u, f in enumerate(features.table(configs))]
-    return fits, float(a)
+) -> tuple[list[UnitFit], tuple[float, float]]:
+    """Fit every unit to its kernel times ``unit_ms`` [configs, units], then calibrate the
+    sum to the whole-model times ``whole_ms``: ``whole = a + b * sum_u t_u`` with a, b >= 0
+    by least squares over the configurations. a is the framework's time between kernels;
+    b absorbs what profiling adds to every kernel (a profiled kernel runs a little longer)."""
+    fits = [fit_unit(f, unit_ms[:, u]) for u, f in enumerate(features.table(configs))]
+    times = UnitTimes(fits)
+    summed = np.array([times.times(features, alive).sum() for alive in configs])
+    design = np.stack([np.ones(len(summed)), summed], axis=1)
+    a, b = nnls(design, np.asarray(whole_ms, dtype=np.float64))
+    if b <= 0:
+        a, b = 0.0, 1.0
+    return fits, (float(a), float(b))
 
 
 class LatencyResource(Resource):
@@ -248,7 +288,8 @@ class LatencyResource(Resource):
         return self._times.times(self.features, alive)
 
     def value(self, alive: np.ndarray) -> float:
-        return self.model.overhead_ms + float(self.unit_times(alive).sum())
+        a, b = self.model.calibration
+        return a + b * float(self.unit_times(alive).sum())
 
     def gradient(self, alive: np.ndarray) -> np.ndarray:
-        return self._times.gradient(self.features, alive)
+        return self.model.calibration[1] * self._times.gradient(self.features, alive)

@@ -3,12 +3,14 @@
 A unit's latency at width configuration k is modelled from its FLOPs ``F`` and the elements
 its kernels read and write ``B`` (both functions of the alive channels):
 
-    t = c0 + c1 * F_s + c2 * B_s + misaligned_a * (c3 * F + c4 * B)
+    t = c0 + c1 * F_s + c2 * B_s + own_a * (c3 * F + c4 * B) + next_a * c5 * B
 
 ``F_s``, ``B_s`` count every channel axis rounded up to a multiple of ``s`` (a blocked
-kernel pads channels: the cost steps at multiples of s), and ``misaligned_a`` is 1 when a
-channel count of the unit is not a multiple of ``a`` (the runtime falls back to a slower
-kernel). All c >= 0 (non-negative least squares, relative errors). ``s`` and ``a`` are
+kernel pads channels: the cost steps at multiples of s). ``own_a`` is 1 when a channel
+count of the unit is not a multiple of ``a`` (the runtime falls back to a slower kernel),
+``next_a`` when one of a neighbouring node's is (the runtime converts the layout between
+them, which the unit pays for its tensors). All c >= 0 (non-negative least squares,
+relative errors). ``s`` and ``a`` are
 chosen per unit from ``STEPS`` by leave-one-out error: the simplest pair within
 ``SIMPLER_BY`` of the best, so noise does not buy steps that are not there.
 """
@@ -27,23 +29,27 @@ TIME_FLOOR = 0.02
 MIN_LEVERAGE_GAP = 0.02
 
 
+N_COEF = 6
+
+
 @dataclass(frozen=True)
 class Features:
     """A unit's features at every configuration: ``padded[s]`` = (F_s, B_s) columns, ``exact``
-    = (F, B), ``misaligned[a]`` = 0/1 per configuration."""
+    = (F, B), ``own[a]`` and ``near[a]`` = the 0/1 misalignments per configuration."""
 
     padded: dict[int, np.ndarray]  # s -> [configs, 2]
     exact: np.ndarray  # [configs, 2]
-    misaligned: dict[int, np.ndarray]  # a -> [configs]
+    own: dict[int, np.ndarray]  # a -> [configs]
+    near: dict[int, np.ndarray]  # a -> [configs]
 
 
 @dataclass(frozen=True)
 class UnitFit:
-    """The chosen pair and coefficients [c0 .. c4] (ms, ms per FLOP, ms per element)."""
+    """The chosen pair and coefficients [c0 .. c5] (ms, ms per FLOP, ms per element)."""
 
     step: int
     align: int
-    coef: tuple[float, float, float, float, float]
+    coef: tuple[float, ...]
     loo_error: float
 
 
@@ -73,11 +79,17 @@ def nnls(a: np.ndarray, b: np.ndarray, max_iter: int = 100) -> np.ndarray:
     return x
 
 
-def _design(features: Features, step: int, align: int) -> np.ndarray:
-    columns = [np.ones(len(features.exact)), *features.padded[step].T]
+def _design(features: Features, step: int, align: int, work: tuple[int, ...]) -> np.ndarray:
+    """Columns for [c0 .. c5]; those the candidate leaves out are zero."""
+    n = len(features.exact)
+    padded = features.padded[step]
+    columns = [np.ones(n), *(padded[:, k] if k in work else np.zeros(n) for k in (0, 1))]
     if align > 1:
-        m = features.misaligned[align]
-        columns += [m * features.exact[:, 0], m * features.exact[:, 1]]
+        own, near = features.own[align], features.near[align]
+        f, b = features.exact.T
+        columns += [own * f, own * b, near * b]
+    else:
+        columns += [np.zeros(n)] * 3
     return np.stack(columns, axis=1)
 
 
@@ -99,21 +111,28 @@ def _fit(design: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, float]:
     return coef, float(np.sqrt(np.mean(residual**2)))
 
 
+# Which work the steady part counts: FLOPs, elements, or both.
+WORK = ((0,), (1,), (0, 1))
+
+
 def fit_unit(features: Features, times: np.ndarray) -> UnitFit:
-    """The simplest (step, align) whose leave-one-out error is within SIMPLER_BY of the best,
-    and its coefficients. A unit that never took time gets all-zero coefficients."""
+    """The simplest candidate whose leave-one-out error is within SIMPLER_BY of the best, and
+    its coefficients. Candidates are every (step, align) with the steady part in FLOPs,
+    elements or both; simpler means fewer columns, then fewer of step and align. Measured on
+    a few configurations, several candidates often fit equally well, and the simplest one
+    predicts new widths best. A unit that never took time gets all-zero coefficients."""
     times = np.asarray(times, dtype=np.float64)
     if not np.any(times > 0):
-        return UnitFit(1, 1, (0.0, 0.0, 0.0, 0.0, 0.0), 0.0)
+        return UnitFit(1, 1, (0.0,) * N_COEF, 0.0)
     candidates = []
     for step in STEPS:
         for align in STEPS:
-            coef, error = _fit(_design(features, step, align), times)
-            full = np.zeros(5)
-            full[: len(coef)] = coef
-            candidates.append((step, align, full, error))
-    # simplest first: no steps at all, then the coarser structure costs more
-    candidates.sort(key=lambda c: (c[0] > 1) + (c[1] > 1))
-    best = min(c[3] for c in candidates)
-    step, align, coef, error = next(c for c in candidates if c[3] <= SIMPLER_BY * best + 1e-12)
+            for work in WORK:
+                coef, error = _fit(_design(features, step, align, work), times)
+                columns = 1 + len(work) + (3 if align > 1 else 0)
+                simple = (columns, (step > 1) + (align > 1))
+                candidates.append((simple, step, align, coef, error))
+    candidates.sort(key=lambda c: c[0])
+    best = min(c[4] for c in candidates)
+    _, step, align, coef, error = next(c for c in candidates if c[4] <= SIMPLER_BY * best + 1e-12)
     return UnitFit(step, align, tuple(float(c) for c in coef), error)

@@ -1,8 +1,8 @@
 """Timing models with onnxruntime: per kernel (profiled runs) and whole-model runs.
 
-Timings on a busy machine drift with its load, so every comparison interleaves: the
-profiled and the plain session of a model run alternately, and models compared with each
-other run round-robin in one process. Every figure is a median over runs after warm-up.
+Timings on a busy machine drift with its load, so models compared with each other run
+round-robin in one process (a profiled and a plain session each, for ``time_models``).
+Every figure is a median over runs after warm-up.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from morphcli.graph.runtime import Runtime, dummy_inputs, kernel_times, session,
 from morphcli.ops.base import Shape
 
 WARMUP = 2
-RUNS = 7
+RUNS = 9
 
 
 @dataclass
@@ -74,36 +74,44 @@ def _per_run(times: list[float], runs: int) -> float:
     return float(np.median(kept[: len(kept) // per * per].reshape(-1, per).sum(axis=1)))
 
 
-def time_model(
-    proto: onnx.ModelProto,
+def time_models(
+    protos: list[onnx.ModelProto],
     runtime: Runtime,
     input_shapes: dict[str, Shape],
     path: str,
     runs: int = RUNS,
-) -> Timing:
-    """Kernel medians from a profiled session and the whole-model median from a plain one,
-    their runs alternating.
+) -> list[Timing]:
+    """Every model's kernel medians (a profiled session) and whole-model median (a plain
+    session); all sessions run round-robin, so the machine's load drifts over all alike.
 
     Raises:
-        MorphError: onnxruntime cannot run the model on ``runtime`` (exit code 2).
+        MorphError: onnxruntime cannot run a model on ``runtime`` (exit code 2).
     """
-    feeds = feeds_for(proto, input_shapes, runtime.batch)
+    feeds = feeds_for(protos[0], input_shapes, runtime.batch)
     with tempfile.TemporaryDirectory(prefix="morphcli-latency-") as tmp:
-        optimized_path = os.path.join(tmp, "optimized.onnx")
-        (profiled,) = _sessions(
-            [proto], runtime, path, profile_prefix=os.path.join(tmp, "profile"),
-            optimized_path=optimized_path,
-        )  # fmt: skip
-        (plain,) = _sessions([proto], runtime, path)
-        whole = []
+        optimized = [os.path.join(tmp, f"optimized{i}.onnx") for i in range(len(protos))]
+        profiled = [
+            _sessions(
+                [proto], runtime, path, profile_prefix=os.path.join(tmp, f"profile{i}"),
+                optimized_path=optimized[i],
+            )[0]
+            for i, proto in enumerate(protos)
+        ]  # fmt: skip
+        plain = _sessions(protos, runtime, path)
+        whole: list[list[float]] = [[] for _ in protos]
         for i in range(WARMUP + runs):
-            _run(profiled, feeds, path, runtime)
-            elapsed = _run(plain, feeds, path, runtime)
-            if i >= WARMUP:
-                whole.append(elapsed)
-        kernels = {k: _per_run(v, runs) for k, v in kernel_times(profiled.end_profiling()).items()}
-        optimized = onnx.load(optimized_path, load_external_data=False)
-    return Timing(kernels, optimized, statistics.median(whole))
+            for k in range(len(protos)):
+                _run(profiled[k], feeds, path, runtime)
+                elapsed = _run(plain[k], feeds, path, runtime)
+                if i >= WARMUP:
+                    whole[k].append(elapsed)
+        timings = []
+        for k, sess in enumerate(profiled):
+            times = kernel_times(sess.end_profiling())
+            kernels = {name: _per_run(v, runs) for name, v in times.items()}
+            structure = onnx.load(optimized[k], load_external_data=False)
+            timings.append(Timing(kernels, structure, statistics.median(whole[k])))
+    return timings
 
 
 def time_interleaved(

@@ -31,15 +31,17 @@ from morphcli.resources.latency_cache import (
     model_digest,
     store,
 )
-from morphcli.resources.measure import RUNS, Timing, time_interleaved, time_model
+from morphcli.resources.measure import Timing, time_models
 from morphcli.surgery.apply import apply_copies
 from morphcli.surgery.widths import copies_for_width
 
 FIT_CONFIGS = 20
 CHECK_CONFIGS = 6
-SCALES = (0.15, 1.25)
+SCALES = (0.05, 1.25)
 JITTER = 0.25
 ROUNDINGS = (1, 4, 8, 16, 2)
+# Weights of the variants timed together at most (their sessions are alive at once).
+CHUNK_BYTES = 1.5e9
 
 # (configurations done, configurations in all)
 OnStep = Callable[[int, int], None]
@@ -95,18 +97,32 @@ def variant(model: Model, cg: ChannelGraph, widths: np.ndarray, seed: int) -> on
     return apply_copies(model, cg, copies)
 
 
-def _unit_ms(timing: Timing, proto: onnx.ModelProto, units: Units) -> dict[str, list[float]]:
-    """Per unit root, [kernel ms, kernels] (kernels without an anchor are left out)."""
+def _unit_ms(timing: Timing, proto: onnx.ModelProto, units: Units) -> dict[str, float]:
+    """Kernel time per unit root (kernels without an anchor are left out)."""
     graph = OriginalGraph.of(proto)
     anchor_of = anchors(graph, timing.optimized)
     units.add(coverage(graph, set(anchor_of.values())))
-    out: dict[str, list[float]] = {}
+    out: dict[str, float] = {}
     for kernel, ms in timing.kernels.items():
         if kernel in anchor_of:
-            entry = out.setdefault(units.find(anchor_of[kernel]), [0.0, 0.0])
-            entry[0] += ms
-            entry[1] += 1
+            root = units.find(anchor_of[kernel])
+            out[root] = out.get(root, 0.0) + ms
     return out
+
+
+def _chunks(configs: list[np.ndarray], cm: CostModel) -> list[list[int]]:
+    """Configurations in runs of at most CHUNK_BYTES of weights (all sessions of a run are
+    alive at once, twice: profiled and plain)."""
+    chunks: list[list[int]] = [[]]
+    held = 0.0
+    for k, widths in enumerate(configs):
+        size = 4.0 * cm.params(widths.astype(np.float64))
+        if chunks[-1] and held + size > CHUNK_BYTES:
+            chunks.append([])
+            held = 0.0
+        chunks[-1].append(k)
+        held += size
+    return chunks
 
 
 def measure_latency_model(
@@ -122,54 +138,50 @@ def measure_latency_model(
     Raises:
         MorphError: onnxruntime cannot run the model on ``runtime`` (exit code 2).
     """
-    full = cg.widths()
-    fit_configs = [full, *width_configs(cg, FIT_CONFIGS, seed)]
-    check_configs = width_configs(cg, CHECK_CONFIGS, seed + 1)
-    total = len(fit_configs) + len(check_configs)
+    fit_configs = [cg.widths(), *width_configs(cg, FIT_CONFIGS, seed)]
+    configs = fit_configs + width_configs(cg, CHECK_CONFIGS, seed + 1)
+    original = model.to_proto()
     order = [n.name for n in model.graph.nodes]
     units = Units(order)
-    timings, per_config = [], []
-    original = model.to_proto()
-    for k, widths in enumerate(fit_configs):
-        proto = original if k == 0 else variant(model, cg, widths, seed + k)
-        timing = time_model(proto, runtime, model.input_shapes, model.path)
-        timings.append(timing)
-        per_config.append(_unit_ms(timing, proto, units))
+    whole: list[float] = []
+    per_config: list[dict[str, float]] = []
+    full_width: list = []
+    for chunk in _chunks(configs, cm):
+        made = [original if k == 0 else variant(model, cg, configs[k], seed + k) for k in chunk]
+        for proto, timing in zip(
+            made, time_models(made, runtime, model.input_shapes, model.path), strict=True
+        ):
+            whole.append(timing.whole_ms)
+            per_config.append(_unit_ms(timing, proto, units))
+            if not full_width:
+                full_width = [timing, proto]
         if on_step:
-            on_step(k + 1, total)
+            on_step(len(whole), len(configs))
     members = [tuple(m) for m in units.members(order + _extra_nodes(units, order))]
     roots = {units.find(m[0]): u for u, m in enumerate(members)}
-    unit_ms = np.zeros((len(fit_configs), len(members)))
-    unit_kernels = np.zeros_like(unit_ms)
-    for k, times in enumerate(per_config):
-        for root, (ms, kernels) in times.items():
+    n_fit = len(fit_configs)
+    unit_ms = np.zeros((n_fit, len(members)))
+    for k, times in enumerate(per_config[:n_fit]):
+        for root, ms in times.items():
             unit_ms[k, roots[units.find(root)]] += ms
-            unit_kernels[k, roots[units.find(root)]] += kernels
     features = UnitFeatures(model, cg, cm.flop_table, members)
-    configs = [c.astype(np.float64) for c in fit_configs]
-    whole = np.array([t.whole_ms for t in timings])
-    fits, overhead = fit_latency(features, configs, unit_ms, unit_kernels, whole)
+    floats = [c.astype(np.float64) for c in configs]
+    fits, calibration = fit_latency(features, floats[:n_fit], unit_ms, np.array(whole[:n_fit]))
     latency = LatencyModel(
         runtime={"provider": runtime.provider, "threads": runtime.threads, "batch": runtime.batch},
         units=[
             Unit(nodes, fit, float(unit_ms[0, u]))
             for u, (nodes, fit) in enumerate(zip(members, fits, strict=True))
         ],
-        overhead_ms=overhead,
-        measured_ms=float(whole[0]),
-        kernels=_kernels(timings[0], original, units, roots),
+        calibration=calibration,
+        measured_ms=whole[0],
+        kernels=_kernels(*full_width, units, roots),
     )
     resource = latency.bind(model, cg, cm)
-    errors = []
-    for k, widths in enumerate(check_configs):
-        proto = variant(model, cg, widths, seed + 1000 + k)
-        (measured,) = np.median(
-            time_interleaved([proto], runtime, model.input_shapes, model.path, RUNS, 0.0), axis=0
-        )
-        errors.append(resource.value(widths.astype(np.float64)) / measured - 1.0)
-        if on_step:
-            on_step(len(fit_configs) + k + 1, total)
+    errors = [resource.value(floats[k]) / whole[k] - 1.0 for k in range(n_fit, len(configs))]
+    fitted = [resource.value(floats[k]) / whole[k] - 1.0 for k in range(n_fit)]
     latency.check = {
+        "fit_errors": [round(e, 4) for e in fitted],
         "configs": len(errors),
         "errors": [round(e, 4) for e in errors],
         "median_abs_error": float(np.median(np.abs(errors))),
