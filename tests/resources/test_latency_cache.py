@@ -33,8 +33,9 @@ def _key(**changes):
 
 
 @pytest.fixture(scope="module")
-def measured(latency_cache):
-    """The plain CNN's latency model, measured once (1 thread)."""
+def measured(tmp_path_factory):
+    """The plain CNN's latency model, measured once (1 thread) into a cache of its own."""
+    latency_cache = str(tmp_path_factory.mktemp("cache"))
     model = load_model(SAMPLE_MODELS / "plain_cnn.onnx")
     cg = build_channel_graph(model)
     cm = build_cost_model(model, cg)
@@ -62,8 +63,9 @@ def test_every_key_field_changes_the_entry(tmp_path):
     assert entry_path(tmp_path, _key()) == base  # and the same key finds the same entry
 
 
-def test_a_model_is_measured_once_and_read_back(measured, latency_cache):
+def test_a_model_is_measured_once_and_read_back(measured):
     model, cg, cm, setup, first, notes = measured
+    latency_cache = setup.cache_dir
     assert any("measuring" in n for n in notes) and any("cached" in n for n in notes)
     notes.clear()
     again = latency_model(model, cg, cm, setup)

@@ -58,7 +58,9 @@ def synthetic_gradient(features: UnitFeatures, has_flops: np.ndarray, alive: np.
     )
 
 
-def fitted_model(resnet) -> tuple[LatencyModel, list]:
+@pytest.fixture(scope="module")
+def fitted(resnet) -> tuple[LatencyModel, list]:
+    """The latency model fitted to the synthetic runtime's times at 25 configurations."""
     _, cg, _, units, features, has_flops = resnet
     configs = [cg.widths().astype(float)] + [c.astype(float) for c in width_configs(cg, 24, seed=5)]
     unit_ms = np.stack([synthetic_times(features, has_flops, c) for c in configs])
@@ -90,10 +92,10 @@ def test_nnls_matches_the_best_non_negative_subset():
         assert np.linalg.norm(a @ x - b) <= best + 1e-9
 
 
-def test_the_fit_recovers_known_kernel_steps(resnet):
+def test_the_fit_recovers_known_kernel_steps(resnet, fitted):
     *_, has_flops = resnet
     features = resnet[4]
-    _, fits = fitted_model(resnet)
+    _, fits = fitted
     cg = resnet[1]
     # A unit whose channels are all removable shows its alignment; the stem conv reads the
     # one-channel image (never a multiple of 8), so it can only show its padding.
@@ -109,9 +111,9 @@ def test_the_fit_recovers_known_kernel_steps(resnet):
     assert other and all(f.step == OTHER["step"] for f in other), other
 
 
-def test_the_fit_predicts_widths_it_never_saw(resnet):
+def test_the_fit_predicts_widths_it_never_saw(resnet, fitted):
     model, cg, cm, _, features, has_flops = resnet
-    latency, _ = fitted_model(resnet)
+    latency, _ = fitted
     resource = latency.bind(model, cg, cm)
     worst = 0.0
     for alive in width_configs(cg, 10, seed=99):
@@ -121,9 +123,9 @@ def test_the_fit_predicts_widths_it_never_saw(resnet):
     assert worst < 1e-6, f"largest relative error {worst:.2e}"
 
 
-def test_gradient_is_the_envelope_of_the_known_steps(resnet):
+def test_gradient_is_the_envelope_of_the_known_steps(resnet, fitted):
     model, cg, cm, _, features, has_flops = resnet
-    latency, _ = fitted_model(resnet)
+    latency, _ = fitted
     resource = latency.bind(model, cg, cm)
     for alive in [cg.widths().astype(float), *(c.astype(float) for c in width_configs(cg, 3, 7))]:
         got = resource.gradient(alive)
@@ -139,9 +141,9 @@ def test_gradient_is_the_envelope_of_the_known_steps(resnet):
         assert step_cost == pytest.approx(want[g], rel=0.5)
 
 
-def test_latency_weighted_penalty_uses_the_recovered_gradient(resnet):
+def test_latency_weighted_penalty_uses_the_recovered_gradient(resnet, fitted):
     model, cg, cm, _, features, has_flops = resnet
-    latency, _ = fitted_model(resnet)
+    latency, _ = fitted
     resource = latency.bind(model, cg, cm)
     rng = np.random.default_rng(1)
     constants = {t.name: t for t in model.graph.tensors().values() if hasattr(t, "values")}

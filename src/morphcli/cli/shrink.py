@@ -183,7 +183,8 @@ def shrink(model_path: str, output: str, target_flops: str | None, target_params
         latency=latency_setup(provider, ort_threads, batch, latency_cache),
     )
     try:
-        report = run_shrink(config, Progress(stderr))
+        unit = {"flops": "FLOPs", "params": "params", "latency": "ms"}[config.resource]
+        report = run_shrink(config, Progress(stderr, unit))
     except KeyboardInterrupt:
         stderr.print(
             f"[red]interrupted[/red]: the last checkpoint is in {config.work_dir}; "

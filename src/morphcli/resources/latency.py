@@ -25,7 +25,7 @@ import numpy as np
 from morphcli.graph.channels import ChannelGraph
 from morphcli.graph.model import Model
 from morphcli.resources.cost import CostModel, CostTerm, Factor, TermTable, build_traffic_table
-from morphcli.resources.latency_fit import N_COEF, STEPS, Features, UnitFit, fit_unit, nnls
+from morphcli.resources.latency_fit import N_COEF, STEPS, Features, UnitFit, fit_unit
 from morphcli.resources.resource import Resource
 
 # Bump when the measurement or the fit changes: cached models of other formats are re-measured.
@@ -259,17 +259,24 @@ def fit_latency(
     whole_ms: np.ndarray,
 ) -> tuple[list[UnitFit], tuple[float, float]]:
     """Fit every unit to its kernel times ``unit_ms`` [configs, units], then calibrate the
-    sum to the whole-model times ``whole_ms``: ``whole = a + b * sum_u t_u`` with a, b >= 0
-    by least squares over the configurations. a is the framework's time between kernels;
-    b absorbs what profiling adds to every kernel (a profiled kernel runs a little longer)."""
+    sum to the whole-model times ``whole_ms``: ``whole = a + b * sum_u t_u``. a is the
+    framework's time between kernels; b absorbs what profiling adds to every kernel. Both
+    are robust to a few disturbed configurations: b is the median slope over all pairs of
+    configurations (Theil and Sen), a the median remainder; where that makes a < 0, a = 0
+    and b is the median ratio."""
     fits = [fit_unit(f, unit_ms[:, u]) for u, f in enumerate(features.table(configs))]
     times = UnitTimes(fits)
     summed = np.array([times.times(features, alive).sum() for alive in configs])
-    design = np.stack([np.ones(len(summed)), summed], axis=1)
-    a, b = nnls(design, np.asarray(whole_ms, dtype=np.float64))
-    if b <= 0:
-        a, b = 0.0, 1.0
-    return fits, (float(a), float(b))
+    whole = np.asarray(whole_ms, dtype=np.float64)
+    i, j = np.triu_indices(len(summed), k=1)
+    apart = np.abs(summed[j] - summed[i]) > 1e-12
+    if not apart.any() or not np.all(summed > 0):
+        return fits, (0.0, 1.0)
+    b = float(np.median((whole[j] - whole[i])[apart] / (summed[j] - summed[i])[apart]))
+    a = float(np.median(whole - b * summed))
+    if a < 0 or b <= 0:
+        a, b = 0.0, float(np.median(whole / summed))
+    return fits, (a, b)
 
 
 class LatencyResource(Resource):

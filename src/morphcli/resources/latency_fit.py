@@ -93,18 +93,29 @@ def _design(features: Features, step: int, align: int, work: tuple[int, ...]) ->
     return np.stack(columns, axis=1)
 
 
-def _fit(design: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, float]:
-    """Non-negative coefficients (relative least squares) and the leave-one-out RMS of the
-    relative error on the columns the fit uses."""
-    weight = 1.0 / np.maximum(times, TIME_FLOOR * times.max())
+def _weighted(design: np.ndarray, times: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Non-negative coefficients minimising sum((weight * (design @ c - times))^2)."""
     scaled = design * weight[:, None]
     norms = np.linalg.norm(scaled, axis=0)
     usable = norms > 0
     coef = np.zeros(design.shape[1])
-    target = times * weight
-    coef[usable] = nnls(scaled[:, usable] / norms[usable], target) / norms[usable]
-    residual = scaled @ coef - target
-    used = scaled[:, coef > 0]
+    coef[usable] = nnls(scaled[:, usable] / norms[usable], times * weight) / norms[usable]
+    return coef
+
+
+def _fit(design: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, float]:
+    """Non-negative coefficients for relative errors, and the leave-one-out RMS of the
+    relative error on the columns the fit uses.
+
+    Relative errors weigh each configuration by 1 / its time; by the measured time, a run
+    that came out fast by chance would weigh more and pull the fit low, so the weights are
+    1 / the time an unweighted fit predicts (one reweighting step)."""
+    floor = TIME_FLOOR * times.max()
+    first = _weighted(design, times, np.ones(len(times)))
+    weight = 1.0 / np.maximum(design @ first, floor)
+    coef = _weighted(design, times, weight)
+    residual = (design @ coef - times) * weight
+    used = design[:, coef > 0] * weight[:, None]
     if used.shape[1]:
         leverage = np.sum(used * (np.linalg.pinv(used).T), axis=1)
         residual = residual / np.maximum(1.0 - leverage, MIN_LEVERAGE_GAP)

@@ -1,9 +1,11 @@
 """Measuring a model's latency model: width variants made by surgery, timed with onnxruntime.
 
-The model is timed at full width and at FIT_CONFIGS random width configurations (every
-removable group scaled by a common factor in SCALES with per-group jitter, the widths of a
-configuration rounded to a multiple of one of ROUNDINGS, so aligned and unaligned widths are
-both seen), each variant made by ``apply_copies`` (random channels kept or replicated).
+The model is timed at full width and at FIT_CONFIGS random width configurations (half of
+them every removable group scaled by a common factor, half each group by its own, as a
+pruned structure is; each configuration's widths rounded to a multiple of one of ROUNDINGS,
+so aligned and unaligned widths are both seen), each variant made by ``apply_copies``
+(random channels kept or replicated). All variants are timed round-robin in one process (in
+chunks of at most CHUNK_BYTES of weights), so a change in machine load hits them alike.
 Every kernel's time goes to the unit of nodes it runs (``resources.kernels``); the fit is
 ``resources.latency``. CHECK_CONFIGS further configurations, not used in the fit, check it:
 the predicted whole-model latency against the measured one. The result is cached.
@@ -35,8 +37,8 @@ from morphcli.resources.measure import Timing, time_models
 from morphcli.surgery.apply import apply_copies
 from morphcli.surgery.widths import copies_for_width
 
-FIT_CONFIGS = 20
-CHECK_CONFIGS = 6
+FIT_CONFIGS = 24
+CHECK_CONFIGS = 8
 SCALES = (0.05, 1.25)
 JITTER = 0.25
 ROUNDINGS = (1, 4, 8, 16, 2)
@@ -69,17 +71,23 @@ class LatencySetup:
 
 
 def width_configs(cg: ChannelGraph, count: int, seed: int) -> list[np.ndarray]:
-    """``count`` width configurations: removable groups scaled (stratified over SCALES,
-    jittered by +-JITTER), rounded to a multiple of ROUNDINGS[k % len] where that leaves a
-    channel; pinned groups keep their widths."""
+    """``count`` width configurations. Even ones scale every removable group by one factor
+    (stratified over SCALES) jittered by +-JITTER, like a uniform multiplier; odd ones scale
+    each group by its own factor drawn from SCALES, like a pruned or learned structure. Each
+    is rounded to a multiple of ROUNDINGS[k % len] where that leaves a channel; pinned
+    groups keep their widths."""
     rng = np.random.default_rng(seed)
     widths = cg.widths().astype(np.float64)
     prunable = cg.prunable_mask()
     low, high = SCALES
     configs = []
     for k in range(count):
-        scale = low + (high - low) * (k + rng.random()) / count
-        scaled = widths * scale * rng.uniform(1 - JITTER, 1 + JITTER, len(widths))
+        if k % 2 == 0:
+            scale = low + (high - low) * (k + rng.random()) / count
+            factors = scale * rng.uniform(1 - JITTER, 1 + JITTER, len(widths))
+        else:
+            factors = rng.uniform(low, high, len(widths))
+        scaled = widths * factors
         rounding = ROUNDINGS[k % len(ROUNDINGS)]
         rounded = np.where(scaled >= rounding, np.rint(scaled / rounding) * rounding, scaled)
         chosen = np.maximum(1, np.rint(rounded))

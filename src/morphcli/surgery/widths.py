@@ -5,7 +5,8 @@ A multiplier W gives each removable group ``round(W * width)`` channels, rounded
 multiple of ``round_to``; pinned groups keep theirs. Above 1 channels are replicated (the
 most important first when W * width is not a multiple of the width), below 1 the most
 important are kept. For a resource target, W is the largest multiplier whose rounded widths
-fit it: a bisection over the cost model, not over surgery runs.
+fit it: a bisection over the resource, not over surgery runs, then a scan up to twice that
+W for a measured resource's steps down.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from morphcli.resources.resource import Resource
 # The search stops widening here: a model 1000x wider than the input is not a sane target.
 MAX_MULTIPLIER = 1000.0
 BISECTION_STEPS = 60
+SCAN_POINTS = 200
 
 
 def copies_for_width(importance: np.ndarray, width: int) -> np.ndarray:
@@ -122,7 +124,10 @@ def target_multiplier(
             low = mid
         else:
             high = mid
-    return low
+    # A measured resource is a staircase that can step down as widths grow (a width that
+    # fits a kernel's blocks runs faster than one under it): look past the bisection's end.
+    fits = [w for w in np.linspace(low, 2 * low, SCAN_POINTS) if cost(w) <= target]
+    return max(fits, default=low)
 
 
 def top_up(
