@@ -64,14 +64,14 @@ def fitted(resnet) -> tuple[LatencyModel, list]:
     _, cg, _, units, features, has_flops = resnet
     configs = [cg.widths().astype(float)] + [c.astype(float) for c in width_configs(cg, 24, seed=5)]
     unit_ms = np.stack([synthetic_times(features, has_flops, c) for c in configs])
-    fits, calibration = fit_latency(features, configs, unit_ms, unit_ms.sum(axis=1))
+    fits, scale = fit_latency(features, configs, unit_ms, unit_ms.sum(axis=1))
     latency = LatencyModel(
         {"provider": "synthetic", "threads": 1, "batch": 1},
         [
             Unit(nodes, fit, float(unit_ms[0, u]))
             for u, (nodes, fit) in enumerate(zip(units, fits, strict=True))
         ],
-        calibration,
+        scale,
         float(unit_ms[0].sum()),
     )
     return latency, fits

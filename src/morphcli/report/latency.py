@@ -56,7 +56,7 @@ def latency_analysis(
         "runtime": latency.runtime,
         "measured_ms": latency.measured_ms,
         "predicted_ms": resource.value(widths),
-        "calibration": list(latency.calibration),
+        "scale": latency.scale,
         "model_error": {
             "configs": latency.check.get("configs"),
             "median": latency.check.get("median_abs_error"),

@@ -4,11 +4,11 @@ The model's nodes fall into units, the nodes onnxruntime runs in one kernel (``k
 Each unit's time is a piecewise-linear function of its FLOPs and of the elements it reads
 and writes, both functions of the alive channels (``latency_fit``); the whole model is
 
-    latency(alive) = a + b * sum_u t_u(alive)
+    latency(alive) = scale * sum_u t_u(alive)
 
-where a and b calibrate the sum of profiled kernel times to whole-model runs
-(``fit_latency``). The gradient is the slope of each unit's staircase
-envelope: what one more channel of a group costs on average over a kernel step.
+where ``scale`` calibrates the sum of profiled kernel times to whole-model runs
+(``fit_latency``). The gradient is the slope of each unit's staircase envelope: what one
+more channel of a group costs on average over a kernel step.
 
 A ``LatencyModel`` is measured once for a model and a runtime (``surgery.latency``), cached
 (``latency_cache``), and bound to that model or any model surgery derived from it (units are
@@ -29,7 +29,7 @@ from morphcli.resources.latency_fit import N_COEF, STEPS, Features, UnitFit, fit
 from morphcli.resources.resource import Resource
 
 # Bump when the measurement or the fit changes: cached models of other formats are re-measured.
-FORMAT = 2
+FORMAT = 3
 
 
 class UnitFeatures:
@@ -203,7 +203,7 @@ class LatencyModel:
 
     runtime: dict[str, Any]
     units: list[Unit]
-    calibration: tuple[float, float]
+    scale: float
     measured_ms: float
     kernels: list[dict[str, Any]] = field(default_factory=list)
     check: dict[str, Any] = field(default_factory=dict)
@@ -217,7 +217,7 @@ class LatencyModel:
         return {
             "format": FORMAT,
             "runtime": self.runtime,
-            "calibration": list(self.calibration),
+            "scale": self.scale,
             "measured_ms": self.measured_ms,
             "units": [
                 {"nodes": list(u.nodes), "measured_ms": u.measured_ms, **asdict(u.fit)}
@@ -243,9 +243,8 @@ class LatencyModel:
                     raise ValueError("bad unit step")
                 nodes = tuple(str(n) for n in entry["nodes"])
                 units.append(Unit(nodes, fit, float(entry["measured_ms"])))
-            a, b = (float(v) for v in doc["calibration"])
             return cls(
-                dict(doc["runtime"]), units, (a, b), float(doc["measured_ms"]),
+                dict(doc["runtime"]), units, float(doc["scale"]), float(doc["measured_ms"]),
                 list(doc["kernels"]), dict(doc["check"]),
             )  # fmt: skip
         except (KeyError, TypeError, IndexError) as error:
@@ -257,26 +256,22 @@ def fit_latency(
     configs: list[np.ndarray],
     unit_ms: np.ndarray,
     whole_ms: np.ndarray,
-) -> tuple[list[UnitFit], tuple[float, float]]:
+) -> tuple[list[UnitFit], float]:
     """Fit every unit to its kernel times ``unit_ms`` [configs, units], then calibrate the
-    sum to the whole-model times ``whole_ms``: ``whole = a + b * sum_u t_u``. a is the
-    framework's time between kernels; b absorbs what profiling adds to every kernel. Both
-    are robust to a few disturbed configurations: b is the median slope over all pairs of
-    configurations (Theil and Sen), a the median remainder; where that makes a < 0, a = 0
-    and b is the median ratio."""
+    sum to the whole-model times ``whole_ms``: ``whole = scale * sum_u t_u`` with the scale
+    the median ratio over the configurations.
+
+    The scale absorbs the framework's time between kernels and what profiling adds to each kernel.
+    The whole-model times come from other sessions than the kernel times, and on a busy
+    machine a session can run steadily slower than another of the same model; a median
+    ratio shrugs off a minority of such draws, where a fitted intercept and slope do not."""
     fits = [fit_unit(f, unit_ms[:, u]) for u, f in enumerate(features.table(configs))]
     times = UnitTimes(fits)
     summed = np.array([times.times(features, alive).sum() for alive in configs])
     whole = np.asarray(whole_ms, dtype=np.float64)
-    i, j = np.triu_indices(len(summed), k=1)
-    apart = np.abs(summed[j] - summed[i]) > 1e-12
-    if not apart.any() or not np.all(summed > 0):
-        return fits, (0.0, 1.0)
-    b = float(np.median((whole[j] - whole[i])[apart] / (summed[j] - summed[i])[apart]))
-    a = float(np.median(whole - b * summed))
-    if a < 0 or b <= 0:
-        a, b = 0.0, float(np.median(whole / summed))
-    return fits, (a, b)
+    usable = summed > 0
+    scale = float(np.median(whole[usable] / summed[usable])) if usable.any() else 1.0
+    return fits, scale if scale > 0 else 1.0
 
 
 class LatencyResource(Resource):
@@ -295,8 +290,7 @@ class LatencyResource(Resource):
         return self._times.times(self.features, alive)
 
     def value(self, alive: np.ndarray) -> float:
-        a, b = self.model.calibration
-        return a + b * float(self.unit_times(alive).sum())
+        return self.model.scale * float(self.unit_times(alive).sum())
 
     def gradient(self, alive: np.ndarray) -> np.ndarray:
-        return self.model.calibration[1] * self._times.gradient(self.features, alive)
+        return self.model.scale * self._times.gradient(self.features, alive)

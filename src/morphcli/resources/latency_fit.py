@@ -105,16 +105,17 @@ def _weighted(design: np.ndarray, times: np.ndarray, weight: np.ndarray) -> np.n
 
 def _fit(design: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, float]:
     """Non-negative coefficients for relative errors, and the leave-one-out RMS of the
-    relative error on the columns the fit uses.
+    relative error (against the measured time) on the columns the fit uses.
 
     Relative errors weigh each configuration by 1 / its time; by the measured time, a run
-    that came out fast by chance would weigh more and pull the fit low, so the weights are
-    1 / the time an unweighted fit predicts (one reweighting step)."""
+    that came out fast by chance would weigh more and pull the fit low, so the fit's weights
+    are 1 / the time an unweighted fit predicts (one reweighting step). The score divides by
+    the measured time, so a candidate that overshoots small times is not let off."""
     floor = TIME_FLOOR * times.max()
     first = _weighted(design, times, np.ones(len(times)))
     weight = 1.0 / np.maximum(design @ first, floor)
     coef = _weighted(design, times, weight)
-    residual = (design @ coef - times) * weight
+    residual = (design @ coef - times) / np.maximum(times, floor)
     used = design[:, coef > 0] * weight[:, None]
     if used.shape[1]:
         leverage = np.sum(used * (np.linalg.pinv(used).T), axis=1)

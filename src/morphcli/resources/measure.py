@@ -22,6 +22,7 @@ from morphcli.ops.base import Shape
 
 WARMUP = 2
 RUNS = 9
+SESSIONS = 3
 
 
 @dataclass
@@ -81,8 +82,9 @@ def time_models(
     path: str,
     runs: int = RUNS,
 ) -> list[Timing]:
-    """Every model's kernel medians (a profiled session) and whole-model median (a plain
-    session); all sessions run round-robin, so the machine's load drifts over all alike.
+    """Every model's kernel medians (a profiled session) and whole-model median (SESSIONS
+    plain sessions by turns, see ``time_interleaved``); all sessions run round-robin, so the
+    machine's load drifts over all alike.
 
     Raises:
         MorphError: onnxruntime cannot run a model on ``runtime`` (exit code 2).
@@ -97,14 +99,16 @@ def time_models(
             )[0]
             for i, proto in enumerate(protos)
         ]  # fmt: skip
-        plain = _sessions(protos, runtime, path)
+        plain = [_sessions(protos, runtime, path) for _ in range(SESSIONS)]
         whole: list[list[float]] = [[] for _ in protos]
         for i in range(WARMUP + runs):
             for k in range(len(protos)):
                 _run(profiled[k], feeds, path, runtime)
-                elapsed = _run(plain[k], feeds, path, runtime)
-                if i >= WARMUP:
-                    whole[k].append(elapsed)
+                if i < WARMUP:
+                    for group in plain:
+                        _run(group[k], feeds, path, runtime)
+                else:
+                    whole[k].append(_run(plain[i % SESSIONS][k], feeds, path, runtime))
         timings = []
         for k, sess in enumerate(profiled):
             times = kernel_times(sess.end_profiling())
@@ -126,18 +130,24 @@ def time_interleaved(
     """[runs, models] whole-model times (ms), the models run round-robin in this process:
     at least ``min_runs`` rounds, more (up to ``max_runs``) while ``budget_s`` seconds last.
 
+    Each model runs in SESSIONS sessions by turns: now and then one session of a model runs
+    steadily up to 2x slower than others of the same model (seen on the shared development
+    machine, with or without load), and the median over three shrugs off one such draw.
+
     Raises:
         MorphError: onnxruntime cannot run a model on ``runtime`` (exit code 2).
     """
-    sessions = _sessions(protos, runtime, path)
+    sessions = [_sessions(protos, runtime, path) for _ in range(SESSIONS)]
     feeds = feeds_for(protos[0], input_shapes, runtime.batch)
-    for sess in sessions:
-        for _ in range(WARMUP):
-            _run(sess, feeds, path, runtime)
+    for group in sessions:
+        for sess in group:
+            for _ in range(WARMUP):
+                _run(sess, feeds, path, runtime)
     rounds = []
     started = time.perf_counter()
     while len(rounds) < min_runs or (
         len(rounds) < max_runs and time.perf_counter() - started < budget_s
     ):
-        rounds.append([_run(sess, feeds, path, runtime) for sess in sessions])
+        group = sessions[len(rounds) % SESSIONS]
+        rounds.append([_run(sess, feeds, path, runtime) for sess in group])
     return np.array(rounds)

@@ -33,7 +33,7 @@ from morphcli.resources.latency_cache import (
     model_digest,
     store,
 )
-from morphcli.resources.measure import Timing, time_models
+from morphcli.resources.measure import SESSIONS, Timing, time_models
 from morphcli.surgery.apply import apply_copies
 from morphcli.surgery.widths import copies_for_width
 
@@ -43,7 +43,7 @@ SCALES = (0.05, 1.25)
 JITTER = 0.25
 ROUNDINGS = (1, 4, 8, 16, 2)
 # Weights of the variants timed together at most (their sessions are alive at once).
-CHUNK_BYTES = 1.5e9
+CHUNK_BYTES = 3e9
 
 # (configurations done, configurations in all)
 OnStep = Callable[[int, int], None]
@@ -119,12 +119,12 @@ def _unit_ms(timing: Timing, proto: onnx.ModelProto, units: Units) -> dict[str, 
 
 
 def _chunks(configs: list[np.ndarray], cm: CostModel) -> list[list[int]]:
-    """Configurations in runs of at most CHUNK_BYTES of weights (all sessions of a run are
-    alive at once, twice: profiled and plain)."""
+    """Configurations in runs of at most CHUNK_BYTES of weights held by sessions (all
+    sessions of a run are alive at once: one profiled and SESSIONS plain ones each)."""
     chunks: list[list[int]] = [[]]
     held = 0.0
     for k, widths in enumerate(configs):
-        size = 4.0 * cm.params(widths.astype(np.float64))
+        size = 4.0 * cm.params(widths.astype(np.float64)) * (1 + SESSIONS)
         if chunks[-1] and held + size > CHUNK_BYTES:
             chunks.append([])
             held = 0.0
@@ -174,14 +174,14 @@ def measure_latency_model(
             unit_ms[k, roots[units.find(root)]] += ms
     features = UnitFeatures(model, cg, cm.flop_table, members)
     floats = [c.astype(np.float64) for c in configs]
-    fits, calibration = fit_latency(features, floats[:n_fit], unit_ms, np.array(whole[:n_fit]))
+    fits, scale = fit_latency(features, floats[:n_fit], unit_ms, np.array(whole[:n_fit]))
     latency = LatencyModel(
         runtime={"provider": runtime.provider, "threads": runtime.threads, "batch": runtime.batch},
         units=[
             Unit(nodes, fit, float(unit_ms[0, u]))
             for u, (nodes, fit) in enumerate(zip(members, fits, strict=True))
         ],
-        calibration=calibration,
+        scale=scale,
         measured_ms=whole[0],
         kernels=_kernels(*full_width, units, roots),
     )
