@@ -47,7 +47,7 @@ from morphcli.graph.load import read_proto
 from morphcli.graph.model import Model, load_model, model_from_proto
 from morphcli.graph.runtime import Runtime
 from morphcli.resources.cost import build_cost_model
-from morphcli.resources.measure import time_interleaved
+from morphcli.resources.measure import BIG_BYTES, time_interleaved
 from morphcli.surgery.apply import apply_copies
 from morphcli.surgery.importance import class_importance
 from morphcli.surgery.latency import LatencySetup, latency_model, variant, width_configs
@@ -167,12 +167,21 @@ def bench_model(path: Path, setup: LatencySetup) -> dict:
     cm = build_cost_model(model, cg)
     latency = latency_model(model, cg, cm, setup)
     resource = latency.bind(model, cg, cm)
-    configs = [cg.widths(), *width_configs(cg, HELD_OUT, seed=12345)]
-    protos = [model.to_proto(), *(variant(model, cg, w, k) for k, w in enumerate(configs[1:]))]
-    times = time_interleaved(protos, setup.runtime, model.input_shapes, str(path), MIN_RUNS, 0.0)
-    measured = np.median(times, axis=0)
-    predicted = np.array([resource.value(w.astype(float)) for w in configs])
-    errors = (predicted[1:] / predicted[0]) / (measured[1:] / measured[0]) - 1.0
+    configs = width_configs(cg, HELD_OUT, seed=12345)
+    full = model.to_proto()
+    # all variants next to the full model at once; a large model one variant at a time
+    groups = [[k] for k in range(HELD_OUT)] if full.ByteSize() > BIG_BYTES else [range(HELD_OUT)]
+    ratios = np.zeros(HELD_OUT)
+    for group in groups:
+        protos = [full, *(variant(model, cg, configs[k], k) for k in group)]
+        times = np.median(
+            time_interleaved(protos, setup.runtime, model.input_shapes, str(path), MIN_RUNS, 0.0),
+            axis=0,
+        )
+        ratios[list(group)] = times[1:] / times[0]
+    at_full = resource.value(cg.widths().astype(float))
+    predicted = np.array([resource.value(w.astype(float)) for w in configs]) / at_full
+    errors = predicted / ratios - 1.0
     return {
         "model": path.name, "units": len(latency.units), "measured_ms": latency.measured_ms,
         "held_out": HELD_OUT, "median_abs_error": float(np.median(np.abs(errors))),

@@ -8,13 +8,16 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 
 from morphcli.cli.options import parse_input_shape
 from morphcli.errors import EXIT_BUDGET, EXIT_INTERNAL, MorphError
+
+if TYPE_CHECKING:
+    from morphcli.surgery.latency import LatencySetup
 
 stdout = Console(highlight=False)
 stderr = Console(stderr=True, highlight=False)
@@ -120,7 +123,7 @@ def latency_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
-def latency_setup(provider: str, ort_threads: int, batch: int, cache: str | None):
+def latency_setup(provider: str, ort_threads: int, batch: int, cache: str | None) -> LatencySetup:
     """The LatencySetup of the flags, reporting on stderr (stdout stays clean for --json)."""
     from morphcli.graph.runtime import Runtime, resolve_provider
     from morphcli.report.progress import StepBar

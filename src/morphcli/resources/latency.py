@@ -18,7 +18,7 @@ named by nodes, which surgery keeps).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -207,7 +207,7 @@ class LatencyModel:
     measured_ms: float
     kernels: list[dict[str, Any]] = field(default_factory=list)
     check: dict[str, Any] = field(default_factory=dict)
-    name: str = "latency"
+    name: ClassVar[str] = "latency"
 
     def bind(self, model: Model, cg: ChannelGraph, cm: CostModel) -> LatencyResource:
         units = [u.nodes for u in self.units]

@@ -23,6 +23,9 @@ from morphcli.ops.base import Shape
 WARMUP = 2
 RUNS = 9
 SESSIONS = 3
+# Models with more weights than this run in one session each (memory: every session holds
+# about twice its model's weights).
+BIG_BYTES = 256e6
 
 
 @dataclass
@@ -33,6 +36,11 @@ class Timing:
     kernels: dict[str, float]
     optimized: onnx.ModelProto
     whole_ms: float
+
+
+def sessions_for(protos: list[onnx.ModelProto]) -> int:
+    """SESSIONS plain sessions per model, one where a model is over BIG_BYTES."""
+    return 1 if max(p.ByteSize() for p in protos) > BIG_BYTES else SESSIONS
 
 
 def feeds_for(proto: onnx.ModelProto, input_shapes: dict[str, Shape], batch: int) -> dict:
@@ -82,14 +90,15 @@ def time_models(
     path: str,
     runs: int = RUNS,
 ) -> list[Timing]:
-    """Every model's kernel medians (a profiled session) and whole-model median (SESSIONS
-    plain sessions by turns, see ``time_interleaved``); all sessions run round-robin, so the
-    machine's load drifts over all alike.
+    """Every model's kernel medians (a profiled session) and whole-model median
+    (``sessions_for`` plain sessions by turns, see ``time_interleaved``); all sessions run
+    round-robin, so the machine's load drifts over all alike.
 
     Raises:
         MorphError: onnxruntime cannot run a model on ``runtime`` (exit code 2).
     """
     feeds = feeds_for(protos[0], input_shapes, runtime.batch)
+    sessions = sessions_for(protos)
     with tempfile.TemporaryDirectory(prefix="morphcli-latency-") as tmp:
         optimized = [os.path.join(tmp, f"optimized{i}.onnx") for i in range(len(protos))]
         profiled = [
@@ -99,7 +108,7 @@ def time_models(
             )[0]
             for i, proto in enumerate(protos)
         ]  # fmt: skip
-        plain = [_sessions(protos, runtime, path) for _ in range(SESSIONS)]
+        plain = [_sessions(protos, runtime, path) for _ in range(sessions)]
         whole: list[list[float]] = [[] for _ in protos]
         for i in range(WARMUP + runs):
             for k in range(len(protos)):
@@ -108,7 +117,7 @@ def time_models(
                     for group in plain:
                         _run(group[k], feeds, path, runtime)
                 else:
-                    whole[k].append(_run(plain[i % SESSIONS][k], feeds, path, runtime))
+                    whole[k].append(_run(plain[i % sessions][k], feeds, path, runtime))
         timings = []
         for k, sess in enumerate(profiled):
             times = kernel_times(sess.end_profiling())
@@ -130,14 +139,16 @@ def time_interleaved(
     """[runs, models] whole-model times (ms), the models run round-robin in this process:
     at least ``min_runs`` rounds, more (up to ``max_runs``) while ``budget_s`` seconds last.
 
-    Each model runs in SESSIONS sessions by turns: now and then one session of a model runs
-    steadily up to 2x slower than others of the same model (seen on the shared development
-    machine, with or without load), and the median over three shrugs off one such draw.
+    Each model runs in ``sessions_for`` sessions by turns: now and then one session of a
+    model runs steadily up to 2x slower than others of the same model (seen on the shared
+    development machine, with or without load), and the median over three shrugs off one
+    such draw.
 
     Raises:
         MorphError: onnxruntime cannot run a model on ``runtime`` (exit code 2).
     """
-    sessions = [_sessions(protos, runtime, path) for _ in range(SESSIONS)]
+    count = sessions_for(protos)
+    sessions = [_sessions(protos, runtime, path) for _ in range(count)]
     feeds = feeds_for(protos[0], input_shapes, runtime.batch)
     for group in sessions:
         for sess in group:
@@ -148,6 +159,6 @@ def time_interleaved(
     while len(rounds) < min_runs or (
         len(rounds) < max_runs and time.perf_counter() - started < budget_s
     ):
-        group = sessions[len(rounds) % SESSIONS]
+        group = sessions[len(rounds) % count]
         rounds.append([_run(sess, feeds, path, runtime) for sess in group])
     return np.array(rounds)

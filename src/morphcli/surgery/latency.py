@@ -5,7 +5,7 @@ them every removable group scaled by a common factor, half each group by its own
 pruned structure is; each configuration's widths rounded to a multiple of one of ROUNDINGS,
 so aligned and unaligned widths are both seen), each variant made by ``apply_copies``
 (random channels kept or replicated). All variants are timed round-robin in one process (in
-chunks of at most CHUNK_BYTES of weights), so a change in machine load hits them alike.
+chunks whose sessions hold at most CHUNK_BYTES), so a change in machine load hits them alike.
 Every kernel's time goes to the unit of nodes it runs (``resources.kernels``); the fit is
 ``resources.latency``. CHECK_CONFIGS further configurations, not used in the fit, check it:
 the predicted whole-model latency against the measured one. The result is cached.
@@ -33,7 +33,7 @@ from morphcli.resources.latency_cache import (
     model_digest,
     store,
 )
-from morphcli.resources.measure import SESSIONS, Timing, time_models
+from morphcli.resources.measure import BIG_BYTES, SESSIONS, Timing, time_models
 from morphcli.surgery.apply import apply_copies
 from morphcli.surgery.widths import copies_for_width
 
@@ -42,8 +42,8 @@ CHECK_CONFIGS = 8
 SCALES = (0.05, 1.25)
 JITTER = 0.25
 ROUNDINGS = (1, 4, 8, 16, 2)
-# Weights of the variants timed together at most (their sessions are alive at once).
-CHUNK_BYTES = 3e9
+# What the sessions of variants timed together may hold at most (they are alive at once).
+CHUNK_BYTES = 2e9
 
 # (configurations done, configurations in all)
 OnStep = Callable[[int, int], None]
@@ -119,17 +119,19 @@ def _unit_ms(timing: Timing, proto: onnx.ModelProto, units: Units) -> dict[str, 
 
 
 def _chunks(configs: list[np.ndarray], cm: CostModel) -> list[list[int]]:
-    """Configurations in runs of at most CHUNK_BYTES of weights held by sessions (all
-    sessions of a run are alive at once: one profiled and SESSIONS plain ones each)."""
-    chunks: list[list[int]] = [[]]
-    held = 0.0
+    """Configurations in runs whose sessions (alive at once: one profiled and SESSIONS plain
+    ones each, every one holding about twice the weights) hold at most CHUNK_BYTES; a
+    configuration with over BIG_BYTES of weights runs alone (with one plain session)."""
+    chunks: list[list[int]] = []
+    held, big = 0.0, False
     for k, widths in enumerate(configs):
-        size = 4.0 * cm.params(widths.astype(np.float64)) * (1 + SESSIONS)
-        if chunks[-1] and held + size > CHUNK_BYTES:
+        weights = 4.0 * cm.params(widths.astype(np.float64))
+        size = 2 * weights * (1 + SESSIONS)
+        if not chunks or big or weights > BIG_BYTES or held + size > CHUNK_BYTES:
             chunks.append([])
             held = 0.0
         chunks[-1].append(k)
-        held += size
+        held, big = held + size, weights > BIG_BYTES
     return chunks
 
 
@@ -156,9 +158,8 @@ def measure_latency_model(
     full_width: list = []
     for chunk in _chunks(configs, cm):
         made = [original if k == 0 else variant(model, cg, configs[k], seed + k) for k in chunk]
-        for proto, timing in zip(
-            made, time_models(made, runtime, model.input_shapes, model.path), strict=True
-        ):
+        timed = time_models(made, runtime, model.input_shapes, model.path)
+        for proto, timing in zip(made, timed, strict=True):
             whole.append(timing.whole_ms)
             per_config.append(_unit_ms(timing, proto, units))
             if not full_width:

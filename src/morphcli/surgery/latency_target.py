@@ -57,7 +57,9 @@ class Comparison:
         return self.after_ms / target.of(self.before_ms)
 
 
-def compare(before: onnx.ModelProto, after: onnx.ModelProto, model: Model, setup: LatencySetup):
+def compare(
+    before: onnx.ModelProto, after: onnx.ModelProto, model: Model, setup: LatencySetup
+) -> Comparison:
     """Measure ``before`` and ``after`` round-robin (see the module docstring)."""
     times = time_interleaved(
         [before, after], setup.runtime, model.input_shapes, model.path, VERIFY_RUNS,
