@@ -29,7 +29,7 @@ from morphcli.resources.latency_fit import N_COEF, STEPS, Features, UnitFit, fit
 from morphcli.resources.resource import Resource
 
 # Bump when the measurement or the fit changes: cached models of other formats are re-measured.
-FORMAT = 3
+FORMAT = 4
 
 
 class UnitFeatures:
@@ -165,21 +165,23 @@ class UnitTimes:
         """Every unit's predicted time (ms) at ``alive``."""
         alive = np.asarray(alive, dtype=np.float64)
         exact = features.work(alive, 1)
+        off = self._off(features, alive)
         out = self.coef[:, 0].copy()
         for step in set(self.step.tolist()):
             rows = self.step == step
             work = exact if step == 1 else features.work(alive, step)
-            out[rows] += np.sum(self.coef[rows, 1:3] * work[rows], axis=1)
-        weights = self._exact_weights(self._off(features, alive))
-        return out + np.sum(weights * exact, axis=1)
+            blocked = np.sum(self.coef[rows, 1:3] * work[rows], axis=1)
+            out[rows] += (1.0 - off[rows, 0]) * blocked
+        return out + np.sum(self._exact_weights(off) * exact, axis=1)
 
     def gradient(self, features: UnitFeatures, alive: np.ndarray) -> np.ndarray:
         """d sum_u t_u / d alive, each staircase by its envelope."""
         alive = np.asarray(alive, dtype=np.float64)
-        weights = self._exact_weights(self._off(features, alive))
-        grad = features.gradient(alive, weights, 1)
+        off = self._off(features, alive)
+        grad = features.gradient(alive, self._exact_weights(off), 1)
+        blocked = self.coef[:, 1:3] * (1.0 - off[:, :1])
         for step in set(self.step.tolist()):
-            padded = np.where((self.step == step)[:, None], self.coef[:, 1:3], 0.0)
+            padded = np.where((self.step == step)[:, None], blocked, 0.0)
             grad += features.gradient(alive, padded, step)
         return grad
 

@@ -3,16 +3,17 @@
 A unit's latency at width configuration k is modelled from its FLOPs ``F`` and the elements
 its kernels read and write ``B`` (both functions of the alive channels):
 
-    t = c0 + c1 * F_s + c2 * B_s + own_a * (c3 * F + c4 * B) + next_a * c5 * B
+    t = c0 + (1 - own_a) * (c1 * F_s + c2 * B_s) + own_a * (c3 * F + c4 * B) + near_a * c5 * B
 
 ``F_s``, ``B_s`` count every channel axis rounded up to a multiple of ``s`` (a blocked
 kernel pads channels: the cost steps at multiples of s). ``own_a`` is 1 when a channel
-count of the unit is not a multiple of ``a`` (the runtime falls back to a slower kernel),
-``next_a`` when one of a neighbouring node's is (the runtime converts the layout between
-them, which the unit pays for its tensors). All c >= 0 (non-negative least squares,
-relative errors). ``s`` and ``a`` are
-chosen per unit from ``STEPS`` by leave-one-out error: the simplest pair within
-``SIMPLER_BY`` of the best, so noise does not buy steps that are not there.
+count of the unit is not a multiple of ``a``: the runtime runs another kernel then, one
+that scales with the exact counts (with ``a`` = 1 there is one regime, own_a = 0).
+``near_a`` is 1 when a neighbouring node's count is not (the runtime converts the layout
+between them, which the unit pays for its tensors). All c >= 0 (non-negative least
+squares, relative errors). ``s``, ``a`` and which work the blocked regime counts are chosen
+per unit by leave-one-out error: the simplest candidate within ``SIMPLER_BY`` of the best,
+so noise does not buy steps that are not there.
 """
 
 from __future__ import annotations
@@ -82,12 +83,12 @@ def nnls(a: np.ndarray, b: np.ndarray, max_iter: int = 100) -> np.ndarray:
 def _design(features: Features, step: int, align: int, work: tuple[int, ...]) -> np.ndarray:
     """Columns for [c0 .. c5]; those the candidate leaves out are zero."""
     n = len(features.exact)
-    padded = features.padded[step]
+    own = features.own[align] if align > 1 else np.zeros(n)
+    padded = features.padded[step] * (1.0 - own)[:, None]
     columns = [np.ones(n), *(padded[:, k] if k in work else np.zeros(n) for k in (0, 1))]
     if align > 1:
-        own, near = features.own[align], features.near[align]
         f, b = features.exact.T
-        columns += [own * f, own * b, near * b]
+        columns += [own * f, own * b, features.near[align] * b]
     else:
         columns += [np.zeros(n)] * 3
     return np.stack(columns, axis=1)
