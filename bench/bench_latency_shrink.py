@@ -69,7 +69,7 @@ def shrink(args, work: Path, name: str, resource: str, target: str, seed: int, s
         data=str(work / "train.npz"), val_data=str(work / "test.npz"),
         learn=Schedule(args.learn_epochs, None, args.batch_size, "sgd", args.lr, seed),
         finetune_epochs=args.finetune_epochs, work_dir=str(work / f"{name}_{seed}.work"),
-        latency=setup,
+        round_to=args.round_to, latency=setup,
     )  # fmt: skip
     report = run_shrink(config, quiet())
     steps = report["steps"]
@@ -125,7 +125,8 @@ def run_seed(args, work: Path, setup: LatencySetup, test, seed: int) -> dict:
 def render(runs: list[dict], base_accuracy: float, args) -> None:
     table = Table(
         title=f"shrink --target-latency {TARGET} vs --target-flops tuned to the same measured "
-        f"latency (batch {args.latency_batch}, {args.ort_threads} thread(s); input accuracy "
+        f"latency (batch {args.latency_batch}, {args.ort_threads} thread(s), --round-to "
+        f"{args.round_to}; input accuracy "
         f"{base_accuracy:.2%})", title_justify="left",
     )  # fmt: skip
     for name in ("seed", "lat: ratio", "in band", "FLOPs", "accuracy", "flops: ratio", "FLOPs",
@@ -159,6 +160,7 @@ def main() -> None:
     parser.add_argument("--ort-threads", type=int, default=1)
     parser.add_argument("--latency-batch", type=int, default=32)
     parser.add_argument("--tune-steps", type=int, default=3)
+    parser.add_argument("--round-to", type=int, default=1, help="widths' multiple, both runs")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

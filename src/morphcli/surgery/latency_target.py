@@ -8,9 +8,10 @@ resampling the rounds. A share target (``50%``) is a share of the input's latenc
 in that same run; an absolute one (``3ms``) is compared with the result's median.
 
 The searches run on the latency model with AIM x the target as their ceiling (the middle of
-the band, so a model error of a few percent still lands in it). When the measured result
-misses the band, the aim is corrected once by the miss (AIM / measured fraction) and the
-search runs again; the closer of the two results is kept.
+the band, so a model error of a few percent still lands in it). While the measured result
+misses the band, the aim is corrected (at most CORRECTIONS times: by the miss, then by the
+secant through the last two tries) and the search runs again; a result in the band is
+kept, else the one closest to AIM x the target.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from morphcli.surgery.write import write_result
 
 BAND = (0.90, 1.00)
 AIM = 0.95
+CORRECTIONS = 2
 VERIFY_RUNS = 15
 VERIFY_BUDGET_S = 3.0
 RESAMPLES = 1000
@@ -95,23 +97,42 @@ def search_measured(
     model: Model,
     setup: LatencySetup,
 ) -> tuple[Candidate, bool]:
-    """``search(aim)`` (``aim`` on the latency model, AIM x the target), corrected once by
-    measurement against ``reference`` when the result misses the band; returns the result
-    and whether the aim was corrected.
+    """``search(aim)`` (``aim`` on the latency model, AIM x the target), corrected by
+    measurement against ``reference`` while the result misses the band, up to CORRECTIONS
+    times: first by the miss (aim x AIM / measured fraction), then by the secant through the
+    last two tries in log-log. Returns the try that landed in the band (else the one
+    closest to AIM) and whether the aim was corrected.
 
     Raises:
         MorphError: exit code 1 when the target is out of reach on the latency model.
     """
-    first = search(aim)
-    fraction = compare(reference, first.proto, model, setup).fraction(target)
-    if BAND[0] <= fraction <= BAND[1]:
-        return first, False
-    try:
-        second = search(aim * AIM / fraction)
-    except MorphError:  # the corrected aim is out of reach: keep the first
-        return first, False
-    second_fraction = compare(reference, second.proto, model, setup).fraction(target)
-    return (second if abs(second_fraction - AIM) < abs(fraction - AIM) else first), True
+    tries: list[tuple[float, float, Candidate]] = []  # (aim, measured fraction, result)
+    for _ in range(1 + CORRECTIONS):
+        try:
+            found = search(aim)
+        except MorphError:  # a corrected aim out of reach: keep what was measured
+            if not tries:
+                raise
+            break
+        fraction = compare(reference, found.proto, model, setup).fraction(target)
+        tries.append((aim, fraction, found))
+        if BAND[0] <= fraction <= BAND[1]:
+            break
+        aim = _next_aim(tries)
+    best = min(tries, key=lambda t: (not BAND[0] <= t[1] <= BAND[1], abs(t[1] - AIM)))
+    return best[2], len(tries) > 1
+
+
+def _next_aim(tries: list[tuple[float, float, Candidate]]) -> float:
+    """The aim whose measured fraction should be AIM: proportional from one try, the secant
+    in log-log (slope kept in [0.2, 5]) from the last two."""
+    aim, fraction, _ = tries[-1]
+    slope = 1.0
+    if len(tries) > 1 and tries[-2][0] != aim and tries[-2][1] != fraction:
+        previous, measured, _ = tries[-2]
+        found = np.log(fraction / measured) / np.log(aim / previous)
+        slope = float(np.clip(found, 0.2, 5.0)) if np.isfinite(found) else slope
+    return aim * (AIM / fraction) ** (1.0 / slope)
 
 
 def latency_report(
