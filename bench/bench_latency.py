@@ -219,10 +219,12 @@ def _prune_flops(path: Path, out: Path, share: float, reference, model, setup) -
     return measured.ratio, doc["after"]["flops"] / doc["before"]["flops"]
 
 
-def tune_share(run, goal: float, start: float, steps: int = TUNE_STEPS) -> tuple[dict, list]:
-    """The FLOPs share whose result's measured latency ratio is closest to ``goal``: a
-    secant on log(share) -> log(ratio) from ``start``; ``run(share)`` returns (ratio, FLOPs
-    kept). Returns the best try and all tries."""
+def tune_share(
+    run, goal: float, start: float, steps: int = TUNE_STEPS, low: float = 0.01
+) -> tuple[dict, list]:
+    """The FLOPs share (at least ``low``) whose result's measured latency ratio is closest to
+    ``goal``: a secant on log(share) -> log(ratio) from ``start``; ``run(share)`` returns
+    (ratio, FLOPs kept). Returns the best try and all tries."""
     tries: list[dict] = []
     share = start
     for _ in range(steps):
@@ -235,7 +237,7 @@ def tune_share(run, goal: float, start: float, steps: int = TUNE_STEPS) -> tuple
             a, b = tries[-2], tries[-1]
             found = np.log(b["ratio"] / a["ratio"]) / np.log(b["share"] / a["share"])
             slope = float(np.clip(found, 0.2, 2.0)) if np.isfinite(found) else slope
-        share = float(np.clip(share * (goal / ratio) ** (1 / slope), 0.01, 1.0))
+        share = float(np.clip(share * (goal / ratio) ** (1 / slope), low, 1.0))
     return min(tries, key=lambda t: abs(t["ratio"] / goal - 1)), tries
 
 

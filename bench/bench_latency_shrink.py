@@ -40,6 +40,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_latency import tune_share  # noqa: E402
 
+from morphcli.errors import MorphError  # noqa: E402
+from morphcli.graph.builder import build_channel_graph  # noqa: E402
 from morphcli.graph.load import read_proto  # noqa: E402
 from morphcli.graph.model import load_model  # noqa: E402
 from morphcli.graph.runtime import Runtime  # noqa: E402
@@ -47,12 +49,15 @@ from morphcli.learn.objective import Objective  # noqa: E402
 from morphcli.learn.progress import Progress  # noqa: E402
 from morphcli.learn.train import Schedule, evaluate  # noqa: E402
 from morphcli.learn.wrapper import OnnxModule  # noqa: E402
+from morphcli.resources.cost import build_cost_model  # noqa: E402
 from morphcli.shrink.algorithm import run_shrink  # noqa: E402
 from morphcli.shrink.config import ShrinkConfig  # noqa: E402
 from morphcli.surgery.latency import LatencySetup  # noqa: E402
 from morphcli.surgery.latency_target import compare  # noqa: E402
+from morphcli.surgery.widths import multiplier_widths  # noqa: E402
 from sample_models.fashion_mnist import load_full  # noqa: E402
 
+RETRIES = 4
 MODEL = ROOT / "sample_models" / "resnet_fashion_trained.onnx"
 RESULTS = ROOT / "bench" / "results" / "latency_shrink.json"
 TARGET = "50%"
@@ -89,16 +94,29 @@ def run_seed(args, work: Path, setup: LatencySetup, test, seed: int) -> dict:
     print(f"  seed {seed}: latency run measured {section['measured_ratio']:.3f}", flush=True)
     results: dict[float, dict] = {}
 
-    def run(share: float) -> tuple[float, float]:
-        result = shrink(args, work, f"flops{len(results)}", "flops", f"{100 * share:.3f}%",
-                        seed, setup)  # fmt: skip
+    def run(asked: float) -> tuple[float, float]:
+        share = asked
+        for _ in range(RETRIES):  # coarse --round-to can miss the FLOPs band: a bit more
+            try:
+                result = shrink(args, work, f"flops{len(results)}", "flops",
+                                f"{100 * share:.3f}%", seed, setup)  # fmt: skip
+                break
+            except MorphError as error:
+                print(f"  seed {seed}: FLOPs {share:.3f}: {error.message}", flush=True)
+                share *= 1.1
+        else:
+            raise RuntimeError(f"no FLOPs target near {share:.3f} could be met")
         ratio = compare(reference, read_proto(result["path"]), model, setup).ratio
-        results[share] = result
+        results[asked] = result
         print(f"  seed {seed}: FLOPs {share:.3f} measured {ratio:.3f}", flush=True)
         return ratio, result["flops_kept"]
 
+    cg = build_channel_graph(model)
+    cm = build_cost_model(model, cg)
+    narrowest = multiplier_widths(cg, 1e-9, args.round_to).astype(float)
+    low = 1.001 * cm.flops(narrowest) / cm.flops()  # what the pinned channels alone cost
     best, tries = tune_share(run, section["measured_ratio"], by_latency["flops_kept"],
-                             steps=args.tune_steps)  # fmt: skip
+                             steps=args.tune_steps, low=low)  # fmt: skip
     by_flops = results[best["share"]]
     head = compare(read_proto(by_flops["path"]), read_proto(by_latency["path"]), model, setup)
     return {
