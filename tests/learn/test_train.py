@@ -100,6 +100,24 @@ def test_distillation_is_zero_for_the_teacher_itself_and_positive_otherwise():
     assert float(loss) == pytest.approx(1.0, rel=0.05)
 
 
+def test_distill_weight_mixes_cross_entropy_and_distillation():
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    x, y = torch.randn(8, 4), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    student = teacher(x).detach() + torch.randn(8, 3)
+    with torch.no_grad():
+        ce = float(Objective()((student,), x, y))
+        kd = float(Objective(teacher, temperature=2.0)((student,), x, None))
+        mixed = float(Objective(teacher, temperature=2.0, distill_weight=0.25)((student,), x, y))
+        # A batch without labels is distilled alone, whatever the weight.
+        unlabelled = float(Objective(teacher, 2.0, distill_weight=0.25)((student,), x, None))
+    assert ce > 0.1 and kd > 0.1 and abs(ce - kd) > 0.1
+    assert mixed == pytest.approx(0.75 * ce + 0.25 * kd, rel=1e-6)
+    assert unlabelled == pytest.approx(kd, rel=1e-6)
+    with pytest.raises(ValueError, match="distill_weight"):
+        Objective(teacher, distill_weight=1.5)
+
+
 def _tiny_net() -> nn.Module:
     return nn.Sequential(
         nn.Conv2d(1, 4, 3, stride=2), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),

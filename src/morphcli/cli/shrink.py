@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -17,6 +18,9 @@ from morphcli.cli.common import (
     stdout,
 )
 from morphcli.errors import MorphError
+
+if TYPE_CHECKING:
+    from morphcli.shrink.config import ShrinkConfig
 
 
 @click.command()
@@ -91,6 +95,12 @@ from morphcli.errors import MorphError
     type=click.FloatRange(min=0, min_open=True),
     help="Distillation temperature for logits.",
 )
+@click.option(
+    "--distill-weight",
+    type=click.FloatRange(min=0, max=1, min_open=True),
+    help="With labels: the share of distillation from the input model in the loss "
+    "((1 - W) x cross entropy + W x KL on logits). Default: labels alone.",
+)
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
 @click.option(
     "--optimizer",
@@ -124,50 +134,18 @@ from morphcli.errors import MorphError
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @input_shapes_option
 @handle_errors
-def shrink(model_path: str, output: str, target_flops: str | None, target_params: str | None,
-           data: str, val_data: str | None, rounds: int, epochs: int, steps: int | None,
-           finetune_epochs: int, round_to: int, strength: str, mode: str, loss: str,
-           temperature: float, batch_size: int, optimizer: str, lr: float | None,
-           image_size: str | None, mean: str | None, std: str | None, seed: int, device: str,
-           threads: int | None, work_dir: str | None, resume: bool, report_path: str | None,
-           as_json: bool, input_shapes: tuple[str, ...]) -> None:  # fmt: skip
+def shrink(model_path: str, output: str, **flags: Any) -> None:
     """MorphNet: learn where channels matter, then fit the model to a FLOPs or params budget."""
-    if (target_flops is None) == (target_params is None):
-        raise MorphError("give one of --target-flops or --target-params")
     import torch
 
     from morphcli.learn.progress import Progress
-    from morphcli.learn.train import Schedule
     from morphcli.outputs import write_atomic
     from morphcli.report.shrink import render_shrink
     from morphcli.shrink.algorithm import run_shrink
-    from morphcli.shrink.config import ShrinkConfig
 
-    if threads:
-        torch.set_num_threads(threads)
-    config = ShrinkConfig(
-        model=model_path,
-        output=output,
-        target=target_flops or target_params,
-        resource="flops" if target_flops else "params",
-        data=data,
-        val_data=val_data,
-        rounds=rounds,
-        learn=Schedule(epochs, steps, batch_size, optimizer, lr, seed),
-        finetune_epochs=finetune_epochs,
-        round_to=round_to,
-        strength=options.strength(strength),
-        mode=mode.replace("-", "_"),
-        loss=loss,
-        temperature=temperature,
-        device=device,
-        work_dir=work_dir or f"{output}.work",
-        resume=resume,
-        input_shapes=parse_input_shapes(input_shapes),
-        image_size=options.image_size(image_size),
-        mean=options.floats(mean, "--mean") or (0.0,),
-        std=options.floats(std, "--std") or (1.0,),
-    )
+    config = config_from_flags(model_path, output, flags)
+    if flags["threads"]:
+        torch.set_num_threads(flags["threads"])
     try:
         report = run_shrink(config, Progress(stderr))
     except KeyboardInterrupt:
@@ -176,10 +154,51 @@ def shrink(model_path: str, output: str, target_flops: str | None, target_params
             "continue with --resume"
         )
         sys.exit(130)
-    if report_path:
+    if flags["report_path"]:
         text = (json.dumps(report, indent=2) + "\n").encode()
-        write_atomic(report_path, lambda stream: stream.write(text))
-    if as_json:
+        write_atomic(flags["report_path"], lambda stream: stream.write(text))
+    if flags["as_json"]:
         print_json(report)
     else:
         render_shrink(report, stdout)
+
+
+def config_from_flags(model_path: str, output: str, flags: dict[str, Any]) -> ShrinkConfig:
+    """The run's configuration from the command's flags (values checked here or by click)."""
+    from morphcli.learn.train import Schedule
+    from morphcli.shrink.config import ShrinkConfig
+
+    target_flops, target_params = flags["target_flops"], flags["target_params"]
+    if (target_flops is None) == (target_params is None):
+        raise MorphError("give one of --target-flops or --target-params")
+    return ShrinkConfig(
+        model=model_path,
+        output=output,
+        target=target_flops or target_params,
+        resource="flops" if target_flops else "params",
+        data=flags["data"],
+        val_data=flags["val_data"],
+        rounds=flags["rounds"],
+        learn=Schedule(
+            epochs=flags["epochs"],
+            steps=flags["steps"],
+            batch_size=flags["batch_size"],
+            optimizer=flags["optimizer"],
+            lr=flags["lr"],
+            seed=flags["seed"],
+        ),
+        finetune_epochs=flags["finetune_epochs"],
+        round_to=flags["round_to"],
+        strength=options.strength(flags["strength"]),
+        mode=flags["mode"].replace("-", "_"),
+        loss=flags["loss"],
+        temperature=flags["temperature"],
+        distill_weight=flags["distill_weight"],
+        device=flags["device"],
+        work_dir=flags["work_dir"] or f"{output}.work",
+        resume=flags["resume"],
+        input_shapes=parse_input_shapes(flags["input_shapes"]),
+        image_size=options.image_size(flags["image_size"]),
+        mean=options.floats(flags["mean"], "--mean") or (0.0,),
+        std=options.floats(flags["std"], "--std") or (1.0,),
+    )

@@ -25,7 +25,8 @@ def batch_parts(batch: torch.Tensor | tuple | list) -> tuple[torch.Tensor, torch
 
 
 class Objective:
-    """The task loss: cross entropy on labels, or distillation from a teacher's outputs.
+    """The task loss: cross entropy on labels, distillation from a teacher's outputs, or
+    ``(1 - w) * cross entropy + w * distillation`` with both (``distill_weight`` w).
 
     Distillation compares each output with the teacher's: for a [N, C] output (logits) with
     ``T^2 * KL(softmax(t / T) || softmax(s / T))``, for any other shape with the mean squared
@@ -35,13 +36,23 @@ class Objective:
     (the teacher's own running statistics then follow the data, as the student's do).
 
     Args:
-        teacher: The frozen original model; None with labels.
+        teacher: The frozen original model; None for cross entropy alone.
         temperature: T for logits. Defaults to 1.
+        distill_weight: w, the share of distillation where a batch has labels and there is
+            a teacher; batches without labels are distilled alone. Defaults to 1.
     """
 
-    def __init__(self, teacher: nn.Module | None = None, temperature: float = 1.0) -> None:
+    def __init__(
+        self,
+        teacher: nn.Module | None = None,
+        temperature: float = 1.0,
+        distill_weight: float = 1.0,
+    ) -> None:
+        if not 0.0 <= distill_weight <= 1.0:
+            raise ValueError(f"distill_weight must be in [0, 1], not {distill_weight}")
         self.teacher = teacher
         self.temperature = temperature
+        self.distill_weight = distill_weight
 
     @property
     def distills(self) -> bool:
@@ -59,7 +70,11 @@ class Objective:
             return self._cross_entropy(outputs, y)
         with torch.no_grad():
             targets = outputs_of(self.teacher(x))
-        return sum(self._distill(s, t) for s, t in zip(outputs, targets, strict=True))
+        distilled = sum(self._distill(s, t) for s, t in zip(outputs, targets, strict=True))
+        w = self.distill_weight
+        if y is None or w == 1.0:
+            return distilled
+        return (1.0 - w) * self._cross_entropy(outputs, y) + w * distilled
 
     def _cross_entropy(self, outputs: tuple[torch.Tensor, ...], y: torch.Tensor) -> torch.Tensor:
         if y is None:

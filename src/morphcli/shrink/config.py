@@ -26,6 +26,7 @@ class ShrinkConfig:
     mode: str = "auto"
     loss: str = "auto"
     temperature: float = 1.0
+    distill_weight: float | None = None
     device: str = "cpu"
     work_dir: str = ""
     resume: bool = False

@@ -140,16 +140,38 @@ def prepare(config: ShrinkConfig, progress: Progress) -> Run:
         std=config.std,
     )
     data = split_data(config.data, config.val_data, tuple(shape[1:]), images, config.learn.seed)
+    device = resolve_device(config.device)
+    objective = _objective(config, data, model)
+    progress.note(f"data: {data}; loss: {_loss_name(objective)}")
+    return Run(config, progress, model, target, data, objective, device)
+
+
+def _objective(config: ShrinkConfig, data: DataSplit, model: Model) -> Objective:
+    """Cross entropy on labels, distillation from the input model without them (or with
+    ``--loss distill``), or both mixed by ``--distill-weight``."""
     if config.loss == "ce" and not data.labelled:
         raise MorphError(f"--loss ce: --data {config.data} has no labels")
-    device = resolve_device(config.device)
-    teacher = None
-    if config.loss == "distill" or (config.loss == "auto" and not data.labelled):
-        teacher = OnnxModule.from_onnx(model).to(device).eval().requires_grad_(False)
-    progress.note(f"data: {data}; loss: {'distillation' if teacher else 'cross entropy'}")
-    return Run(
-        config, progress, model, target, data, Objective(teacher, config.temperature), device
-    )
+    weight = config.distill_weight
+    if weight is not None and (config.loss != "auto" or not data.labelled):
+        why = f"--loss {config.loss}" if config.loss != "auto" else f"--data {config.data}"
+        raise MorphError(
+            f"--distill-weight mixes cross entropy on labels with distillation: {why} "
+            f"{'gives one loss' if config.loss != 'auto' else 'has no labels'}"
+        )
+    distills = config.loss == "distill" or (config.loss == "auto" and not data.labelled)
+    if not distills and not weight:
+        return Objective()
+    teacher = OnnxModule.from_onnx(model).to(resolve_device(config.device))
+    teacher.eval().requires_grad_(False)
+    return Objective(teacher, config.temperature, 1.0 if distills else weight)
+
+
+def _loss_name(objective: Objective) -> str:
+    if not objective.distills:
+        return "cross entropy"
+    if objective.distill_weight == 1.0:
+        return "distillation"
+    return f"cross entropy + distillation (weight {objective.distill_weight:g})"
 
 
 def fresh_state(run: Run) -> ShrinkState:
