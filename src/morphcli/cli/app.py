@@ -10,6 +10,7 @@ import click
 
 from morphcli import __version__
 from morphcli.cli.analyze import analyze
+from morphcli.cli.apply import apply
 from morphcli.cli.expand import expand
 from morphcli.cli.prune import prune
 from morphcli.cli.shrink import shrink
@@ -21,5 +22,5 @@ def main() -> None:
     """Slim trained ONNX networks to a FLOPs or parameter budget with MorphNet."""
 
 
-for _command in (analyze, prune, expand, shrink):
+for _command in (analyze, prune, expand, shrink, apply):
     main.add_command(_command)

@@ -59,6 +59,26 @@ def input_shapes_option(command: Callable[..., Any]) -> Callable[..., Any]:
     )(command)
 
 
+def calibrate_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--calibrate",
+        metavar="DATA",
+        help="Re-estimate BatchNormalization statistics after surgery on these inputs (an "
+        ".npz, an image folder or module:function; a few hundred suffice, labels unused).",
+    )(command)
+
+
+def calibration(
+    model_path: str, spec: str | None, input_shapes: dict[str, list[int]]
+) -> Callable[[Any], Any] | None:
+    """The ``--calibrate`` step, its data read and checked before any surgery (or None)."""
+    if spec is None:
+        return None
+    from morphcli.learn.calibrate import Calibration
+
+    return Calibration.prepare(model_path, spec, input_shapes)
+
+
 def parse_input_shapes(values: tuple[str, ...]) -> dict[str, list[int]]:
     return dict(parse_input_shape(v) for v in values)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from morphcli.cli.common import (
+    calibrate_option,
+    calibration,
     handle_errors,
     input_shapes_option,
     one_target,
@@ -47,6 +49,7 @@ from morphcli.cli.common import (
     help="preserve: zero-sum noise (relative to each weight's std) that breaks replica symmetry.",
 )
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of noise and init.")
+@calibrate_option
 @input_shapes_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @handle_errors
@@ -60,6 +63,7 @@ def expand(
     init_mode: str,
     noise: float,
     seed: int,
+    calibrate: str | None,
     input_shapes: tuple[str, ...],
     as_json: bool,
 ) -> None:
@@ -67,13 +71,15 @@ def expand(
     from morphcli.surgery.apply import Init
     from morphcli.surgery.expand import run_expand
 
+    shapes = parse_input_shapes(input_shapes)
     doc = run_expand(
         model_path,
         output,
-        input_shapes=parse_input_shapes(input_shapes),
+        input_shapes=shapes,
         multiplier=multiplier,
         target=one_target(target_flops, target_params),
         round_to=round_to,
         init=Init(init_mode, noise, seed),
+        finish=calibration(model_path, calibrate, shapes),
     )
     show_widths(doc, as_json)

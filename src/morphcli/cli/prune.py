@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from morphcli.cli.common import (
+    calibrate_option,
+    calibration,
     handle_errors,
     input_shapes_option,
     one_target,
@@ -42,6 +44,7 @@ from morphcli.cli.common import (
     type=click.IntRange(1),
     help="Every width a multiple of N (or its full width).",
 )
+@calibrate_option
 @input_shapes_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @handle_errors
@@ -54,20 +57,23 @@ def prune(
     target_params: str | None,
     ratio: float | None,
     round_to: int,
+    calibrate: str | None,
     input_shapes: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Remove dead channels, or the least important ones to a target, without training."""
     from morphcli.surgery.prune import run_prune
 
+    shapes = parse_input_shapes(input_shapes)
     doc = run_prune(
         model_path,
         output,
-        input_shapes=parse_input_shapes(input_shapes),
+        input_shapes=shapes,
         threshold=threshold,
         allow_approximate=allow_approximate,
         target=one_target(target_flops, target_params),
         ratio=ratio,
         round_to=round_to,
+        finish=calibration(model_path, calibrate, shapes),
     )
     show_widths(doc, as_json)

@@ -131,6 +131,13 @@ if TYPE_CHECKING:
 @click.option(
     "--report", "report_path", type=click.Path(dir_okay=False), help="Write the JSON report here."
 )
+@click.option(
+    "--export-structure",
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="Also write the result's structure (per-group widths by layer) as JSON, for "
+    "morphnet apply.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @input_shapes_option
 @handle_errors
@@ -201,4 +208,5 @@ def config_from_flags(model_path: str, output: str, flags: dict[str, Any]) -> Sh
         image_size=options.image_size(flags["image_size"]),
         mean=options.floats(flags["mean"], "--mean") or (0.0,),
         std=options.floats(flags["std"], "--std") or (1.0,),
+        export_structure=flags["export_structure"],
     )

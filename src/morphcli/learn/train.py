@@ -101,18 +101,24 @@ def recalibrate(
     module: nn.Module, dataset: Dataset, batch_size: int, device: str, seed: int = 0
 ) -> None:
     """Refresh normalisation running statistics: RECALIBRATION_BATCHES forward passes in
-    train mode without gradients.
+    train mode without gradients, going over ``dataset`` again (reshuffled) when it has
+    fewer batches, so the old statistics keep at most 0.9^50 of their weight.
 
     Structure learning shrinks scales every step, so the running statistics lag behind the
     weights and an eval-mode model is far worse than the trained one; this catches them up.
+    Surgery changes what every channel sums over, which stales them the same way.
     """
     was_training = module.training
     module.train()
+    done, epoch = 0, 0
     with torch.no_grad():
-        for index, batch in enumerate(loader(dataset, batch_size, seed=seed)):
-            if index == RECALIBRATION_BATCHES:
-                break
-            module(batch_parts(batch)[0].to(device))
+        while done < RECALIBRATION_BATCHES:
+            for batch in loader(dataset, batch_size, seed=seed * 100_003 + epoch):
+                module(batch_parts(batch)[0].to(device))
+                done += 1
+                if done == RECALIBRATION_BATCHES:
+                    break
+            epoch += 1
     module.train(was_training)
 
 

@@ -14,7 +14,7 @@ from math import prod
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from morphcli.ops.base import FlopTerm, OpRule, Shape, attr, input_at, ints
+from morphcli.ops.base import FlopTerm, OpRule, Shape, attr, he_normal, input_at, ints
 
 
 def _kernel_size(node: gs.Node) -> int:
@@ -117,6 +117,12 @@ class ConvRule(OpRule):
             return [FlopTerm(coef, ((out, 1),), tied_input=(x, 1))]
         return [FlopTerm(coef / group, ((x, 1), (out, 1)))]
 
+    def fresh_input(self, node: gs.Node, index: int, values: np.ndarray, rng) -> np.ndarray | None:
+        """Weight [O, I/group, k...]: He normal over its I/group * k inputs; bias: 0."""
+        if index == 1:
+            return he_normal(values, int(np.prod(values.shape[1:])), rng)
+        return np.zeros_like(values) if index == 2 else None
+
     def rewrite(self, node: gs.Node, ctx) -> None:
         """A depthwise conv's ``group`` is its new input channel count."""
         x, out = node.inputs[0].name, node.outputs[0].name
@@ -185,6 +191,12 @@ class ConvTransposeRule(OpRule):
             ctx.pin(out, f"grouped transposed conv (group={group})")
         if bias is not None:
             ctx.follow(2, 0, out, "param")
+
+    def fresh_input(self, node: gs.Node, index: int, values: np.ndarray, rng) -> np.ndarray | None:
+        """Weight [I, O/group, k...]: He normal over its I * k inputs; bias: 0."""
+        if index == 1:
+            return he_normal(values, int(values.shape[0] * np.prod(values.shape[2:])), rng)
+        return np.zeros_like(values) if index == 2 else None
 
     def flops(self, node: gs.Node, shape: Callable[[str], Shape]) -> list[FlopTerm]:
         x, out = node.inputs[0].name, node.outputs[0].name

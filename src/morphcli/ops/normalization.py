@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
 from morphcli.ops.base import OpRule, attr, input_at
@@ -26,6 +27,12 @@ class BatchNormRule(OpRule):
     def state_inputs(self, node: gs.Node) -> tuple[int, ...]:
         """BatchNormalization's running mean and variance."""
         return (3, 4) if node.op == "BatchNormalization" else ()
+
+    def fresh_input(self, node: gs.Node, index: int, values: np.ndarray, rng) -> np.ndarray | None:
+        """Scale and running variance 1, shift and running mean 0."""
+        if index == 0:
+            return None
+        return (np.ones_like if index in (1, 4) else np.zeros_like)(values)
 
     def torch_op(self, node: gs.Node, ctx) -> Callable:
         """Training (``ctx.training`` or the op's ``training_mode``) normalises with batch

@@ -11,6 +11,7 @@ checkpointed after every epoch (``checkpoint``).
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, replace
 
@@ -24,12 +25,13 @@ from morphcli.learn.penalty import MorphNetPenalty
 from morphcli.learn.progress import Progress
 from morphcli.learn.strength import Strength
 from morphcli.learn.train import fit, recalibrate
-from morphcli.outputs import save_model
+from morphcli.outputs import save_model, write_atomic
 from morphcli.report.format import human
 from morphcli.shrink.config import ShrinkConfig
 from morphcli.shrink.run import Run, fresh_state, prepare
 from morphcli.surgery.apply import Init, apply_copies
 from morphcli.surgery.importance import class_importance
+from morphcli.surgery.structure import structure_doc
 from morphcli.surgery.widths import copies_for_widths, multiplier_widths, target_multiplier, top_up
 
 # The result must land in [BAND_LOW, 1] x target.
@@ -206,4 +208,7 @@ def run_shrink(config: ShrinkConfig, progress: Progress) -> dict:
             exit_code=EXIT_BUDGET,
         )
     save_model(proto, config.output)
+    if config.export_structure:
+        text = (json.dumps(structure_doc(final.model, final.cg), indent=2) + "\n").encode()
+        write_atomic(config.export_structure, lambda stream: stream.write(text))
     return report

@@ -34,6 +34,7 @@ class ShrinkConfig:
     image_size: tuple[int, int] | None = None
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
+    export_structure: str | None = None
 
     def fingerprint(self) -> dict:
         return {

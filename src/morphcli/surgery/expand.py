@@ -3,11 +3,14 @@ expansion), given or fitted to a resource target (``widths``)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+import onnx
 
 from morphcli.errors import MorphError
 from morphcli.graph.builder import build_channel_graph
-from morphcli.graph.model import load_model
+from morphcli.graph.model import Model, load_model
 from morphcli.outputs import check_output_path
 from morphcli.resources.cost import build_cost_model
 from morphcli.resources.targets import parse_target
@@ -26,6 +29,7 @@ def run_expand(
     target: tuple[str, str] | None = None,
     round_to: int = 1,
     init: Init | None = None,
+    finish: Callable[[Model], onnx.ModelProto] | None = None,
 ) -> dict[str, Any]:
     """``morphnet expand``: one width multiplier, given or found for a target.
 
@@ -37,6 +41,8 @@ def run_expand(
         target: ("flops" or "params", the flag's text such as "2G"). Defaults to None.
         round_to: Every changed width a multiple of this. Defaults to 1.
         init: How new channels start. Defaults to ``Init()`` (function-preserving).
+        finish: What turns the resized model into the one written (``--calibrate``: BN
+            statistics re-estimated). Defaults to None.
 
     Returns:
         The report document (see ``report_widths.width_report``).
@@ -71,6 +77,7 @@ def run_expand(
         copies,
         output_path,
         init=init,
+        finish=finish,
         mode="target" if target else "multiplier",
         multiplier=multiplier,
         initialization={"mode": init.mode, "noise": init.noise, "seed": init.seed},

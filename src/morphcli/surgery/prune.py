@@ -8,14 +8,16 @@ target is found by bisection over the cost model, so the result lands just under
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import onnx
 
 from morphcli.errors import EXIT_BUDGET, MorphError
 from morphcli.graph.builder import build_channel_graph
 from morphcli.graph.channels import ChannelGraph
-from morphcli.graph.model import load_model
+from morphcli.graph.model import Model, load_model
 from morphcli.outputs import check_output_path
 from morphcli.resources.cost import CostModel, build_cost_model
 from morphcli.resources.targets import parse_target
@@ -160,6 +162,7 @@ def run_prune(
     target: tuple[str, str] | None = None,
     ratio: float | None = None,
     round_to: int = 1,
+    finish: Callable[[Model], onnx.ModelProto] | None = None,
 ) -> dict[str, Any]:
     """``morphnet prune``: remove dead channels (default), a ratio, or down to a target.
 
@@ -172,6 +175,8 @@ def run_prune(
         target: ("flops" or "params", the flag's text such as "50%"). Defaults to None.
         ratio: Keep this fraction of every removable group. Defaults to None.
         round_to: Every changed width a multiple of this. Defaults to 1.
+        finish: What turns the resized model into the one written (``--calibrate``: BN
+            statistics re-estimated). Defaults to None.
 
     Returns:
         The report document (see ``report_widths.width_report``).
@@ -194,10 +199,14 @@ def run_prune(
         value = parse_target(text, cm.resource(kind), f"--target-{kind}")
         copies = target_copies(cm, cg, class_importance(model, cg), kind, value, round_to)
         extra = {"target": {"kind": kind, "value": round(value)}}
-        return write_result("prune", model, cg, cm, copies, output_path, mode="target", **extra)
+        return write_result(
+            "prune", model, cg, cm, copies, output_path, finish=finish, mode="target", **extra
+        )
     if ratio is not None:
         copies = ratio_copies(cg, class_importance(model, cg), ratio, round_to)
-        return write_result("prune", model, cg, cm, copies, output_path, mode="ratio", ratio=ratio)
+        return write_result(
+            "prune", model, cg, cm, copies, output_path, finish=finish, mode="ratio", ratio=ratio
+        )
     plan = find_dead(model, cg, threshold, allow_approximate, round_to)
     copies = [np.ones(g.width, dtype=np.int64) for g in cg.groups]
     for counts, removed in zip(copies, plan.removed, strict=True):
@@ -210,6 +219,7 @@ def run_prune(
         copies,
         output_path,
         output_deltas=plan.output_deltas,
+        finish=finish,
         mode="dead",
         threshold=threshold,
         folded=plan.folded,

@@ -4,9 +4,11 @@ an atomic write. The input file is only read."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import onnx
 
 from morphcli.graph.builder import build_channel_graph
 from morphcli.graph.channels import ChannelGraph
@@ -30,14 +32,19 @@ def write_result(
     output_path: str,
     init: Init | None = None,
     output_deltas: dict[str, np.ndarray] | None = None,
+    finish: Callable[[Model], onnx.ModelProto] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
     """Apply ``copies``, measure the result, write it atomically and return the report.
 
-    A ``target`` in ``extra`` ({"kind", "value"}) gets the reached amount added.
+    ``finish`` turns the resized model into the one written (new weight values only, e.g.
+    re-estimated BN statistics or a fresh initialisation). A ``target`` in ``extra``
+    ({"kind", "value"}) gets the reached amount added.
     """
     proto = apply_copies(model, cg, copies, init=init, output_deltas=output_deltas)
     result = model_from_proto(proto, output_path, model.input_shapes)
+    if finish is not None:
+        proto = finish(result)
     after = costs(build_cost_model(result, build_channel_graph(result)))
     if extra.get("target"):
         extra["target"]["reached"] = round(after[extra["target"]["kind"]])
