@@ -18,11 +18,19 @@ multiplier, a flatten into features) counts that many times.
 A group's ``p`` comes from its members (sources): ``|gamma|`` of a normalisation scale that
 follows it ("gamma" mode), or the L2 norm of each channel's producing filter slices ("group
 lasso" mode, e.g. for models exported with BN folded into the convs). Where several members
-share a group (a residual join) a channel's ``p`` is the max over members and it is alive if
-any member is: ``|gamma| > 1e-2``, or a filter norm over 1e-2 times that member's largest.
-In "auto" mode a producer whose output goes straight into a normalisation is represented by
-the normalisation's gamma, any other producer by its filter norms. Pinned groups and groups
-without a source keep their full width as alive count and contribute ``p = 0``.
+share a group (a residual join) a channel's ``p`` is the L2 norm over all its members'
+entries (the reference implementation's L2 grouping; its max grouping sends the whole
+gradient to the largest member, so a residual channel shrinks one member at a time and
+residual groups stayed almost full), and it is alive if any member is: ``|gamma| > 1e-2``,
+or a filter norm over 1e-2 times that member's largest. In "auto" mode a producer whose
+output goes straight into a normalisation is represented by the normalisation's gamma, any
+other producer by its filter norms. Pinned groups and groups without a source keep their full
+width as alive count and contribute ``p = 0``.
+
+``shrink(step)`` is the proximal step of ``step * penalty`` (group soft-thresholding): the
+training loop of ``morphnet shrink`` takes it after each optimizer step instead of adding the
+penalty to the loss, so a channel whose ``p`` falls under ``step * W_g`` becomes exactly zero
+and stays there, however strong lambda is.
 """
 
 from __future__ import annotations
@@ -47,9 +55,9 @@ class Source:
     """One member's per-channel penalty vector for a group, read off a constant's axis.
 
     ``positions[i]`` are the indices along ``axis`` of ``const`` that carry class ``i`` of the
-    group (several when the tensor repeats the class). ``kind`` is "gamma" (``p`` = the largest
-    ``|value|`` of the class) or "group_lasso" (``p`` = the L2 norm of all of the class's
-    entries, i.e. of its filter slices).
+    group (several when the tensor repeats the class). ``p`` is the L2 norm of all of the
+    class's entries (``|gamma|`` for one scale, a filter slice's norm); ``kind`` ("gamma" or
+    "group_lasso") sets the alive threshold.
     """
 
     const: str
@@ -61,9 +69,14 @@ class Source:
         rows = value.movedim(self.axis, 0).reshape(value.shape[self.axis], -1)
         index = torch.as_tensor(self.positions.reshape(-1), device=value.device)
         picked = rows[index].reshape(len(self.positions), -1)
-        if self.kind == "gamma":
-            return picked.abs().amax(dim=1)
         return torch.linalg.vector_norm(picked, dim=1)
+
+    def scale(self, value: torch.Tensor, factor: torch.Tensor) -> None:
+        """Multiply, in place, every entry of class ``i`` by ``factor[i]``."""
+        rows = value.detach().movedim(self.axis, 0)
+        index = torch.as_tensor(self.positions.reshape(-1), device=value.device)
+        per_entry = factor.repeat_interleave(self.positions.shape[1]).to(value.dtype)
+        rows[index] = rows[index] * per_entry.view((-1,) + (1,) * (rows.dim() - 1))
 
     def alive(self, p: np.ndarray) -> np.ndarray:
         if self.kind == "gamma":
@@ -217,8 +230,8 @@ class MorphNetPenalty:
         return masks
 
     def vectors(self) -> list[torch.Tensor | None]:
-        """Each group's ``p`` (max over its sources), or None for a group without a source."""
-        return [_max_of(vectors) for vectors in self._members()]
+        """Each group's ``p`` (L2 over its sources), or None for a group without a source."""
+        return [_combined(vectors) for vectors in self._members()]
 
     def alive_masks(self) -> list[np.ndarray]:
         """For each group, which of its classes are alive (all of them without a source)."""
@@ -248,13 +261,33 @@ class MorphNetPenalty:
         weights = self.weights(alive)
         terms = [
             float(weights[gid]) * p.sum()
-            for gid, p in enumerate(_max_of(vectors) for vectors in members)
+            for gid, p in enumerate(_combined(vectors) for vectors in members)
             if p is not None and weights[gid] != 0.0
         ]
         return torch.stack(terms).sum() if terms else torch.zeros(())
 
+    def shrink(self, step: float) -> None:
+        """The proximal step of ``step * penalty``, in place: every channel's entries (over all
+        its members) are scaled by ``max(0, 1 - step * W_g / p)``, so a channel with
+        ``p <= step * W_g`` becomes exactly zero (group soft-thresholding)."""
+        with torch.no_grad():
+            members = self._members()
+            alive = np.array([m.sum() for m in self._masks(members)], dtype=np.int64)
+            weights = self.weights(alive)
+            for gid, (sources, vectors) in enumerate(zip(self.sources, members, strict=True)):
+                if not sources or weights[gid] == 0.0:
+                    continue
+                p = _combined(vectors)
+                threshold = step * float(weights[gid])
+                factor = (1.0 - threshold / p.clamp_min(1e-30)).clamp_min(0.0)
+                for source in sources:
+                    source.scale(self._tensor(source.const), factor)
 
-def _max_of(vectors: list[torch.Tensor]) -> torch.Tensor | None:
+
+def _combined(vectors: list[torch.Tensor]) -> torch.Tensor | None:
+    """Members' vectors as one: the L2 norm over members, per channel."""
     if not vectors:
         return None
-    return vectors[0] if len(vectors) == 1 else torch.stack(vectors).amax(dim=0)
+    if len(vectors) == 1:
+        return vectors[0]
+    return torch.linalg.vector_norm(torch.stack(vectors), dim=0)

@@ -1,48 +1,98 @@
-"""lambda, the penalty's strength, and how ``lambda auto`` steers it toward the goal."""
+"""lambda, the penalty's strength: where ``lambda auto`` starts and how it is steered.
+
+Structure learning takes the penalty as a proximal step after every optimizer step
+(``MorphNetPenalty.shrink(lr * lambda)``), which moves a channel's ``p`` toward zero by
+``lr * lambda * W_g`` per step. So lambda has a scale of its own, whatever the task loss or
+the model's cost units are: over ``T`` steps the penalty alone would kill every channel whose
+``p / W_g`` is under ``lr * lambda * T``. ``lambda auto`` starts where that would bring the
+alive cost to the goal (``calibrated``) and is steered from there, since the task loss
+holds on to the channels it needs.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-# lambda auto: raise by this factor, up to MAX_RAISE times the initial value.
-RAISE = 2.0
-MAX_RAISE = 8.0
+import numpy as np
+
+from morphcli.learn.penalty import MorphNetPenalty
+
+# lambda auto is raised (lowered) by this factor at a check where the alive cost is behind
+# its plan (under the goal); SLACK is how far over the plan still counts as on track.
+RAISE = 1.5
+SLACK = 0.02
+# Bounds on lambda auto relative to its start: a guard against a runaway, not a cap that
+# binds in practice (a learning phase that cannot reach its goal is reported as such).
+LOWEST, HIGHEST = 1e-3, 1e6
 
 
 @dataclass
 class Strength:
-    """lambda, the penalty's weight.
+    """lambda, and with ``auto`` its steering toward ``goal``.
 
-    ``auto``: at each check, lambda is raised by RAISE (never beyond MAX_RAISE times its first
-    value) when the alive cost is over ``goal`` and is not on track to reach it by the
-    deadline: neither the alive cost nor the penalty fell since the last check by the
-    fraction ``1 - (goal / alive) ** (window / steps_left)`` that a steady geometric decline
-    would need. Channels cross the alive threshold some steps after lambda starts to shrink
-    them; the penalty (a continuous measure of the same cost) shows that progress early, so
-    lambda does not keep rising while channels are already on their way out. Under the goal
-    lambda is lowered by RAISE (not below its first value), which stops the cascade of dying
-    channels that a raised lambda keeps feeding. The cap keeps lambda where the per-step
-    change of a scale stays small next to the alive threshold: a far stronger lambda makes
-    scales jump across zero by more than the threshold, and nothing ever counts as dead.
+    The plan: the alive cost falls geometrically from ``start`` to ``goal`` by the deadline,
+    ``plan(t) = start * (goal / start) ** min(t, 1)`` with ``t`` the share of the steps to
+    the deadline done. At each check lambda is raised by RAISE while the alive cost is over
+    ``(1 + SLACK) * max(plan(t), goal)`` and lowered by RAISE while it is under the goal
+    (fewer channels die; dead ones may revive where the task loss pulls them back).
     """
 
     value: float
     auto: bool = False
     goal: float = 0.0
-    last_cost: float | None = None
-    last_penalty: float | None = None
+    start: float = 0.0
     initial: float | None = None
 
     def __post_init__(self) -> None:
         self.initial = self.value if self.initial is None else self.initial
 
-    def check(self, alive_cost: float, penalty: float, window: int, steps_left: int) -> None:
-        """One check, ``window`` steps after the last, ``steps_left`` before the deadline."""
-        if self.auto and self.last_cost and self.last_penalty and alive_cost > self.goal:
-            needed = 1.0 - (self.goal / alive_cost) ** (window / max(steps_left, window))
-            moved = max(1.0 - alive_cost / self.last_cost, 1.0 - penalty / self.last_penalty)
-            if moved < needed:
-                self.value = min(self.value * RAISE, MAX_RAISE * self.initial)
-        elif self.auto and alive_cost < self.goal:
-            self.value = max(self.value / RAISE, self.initial)
-        self.last_cost, self.last_penalty = alive_cost, penalty
+    def planned(self, progress: float) -> float:
+        """The alive cost the plan wants at ``progress`` (share of the steps to the deadline)."""
+        if self.start <= self.goal:
+            return self.goal
+        return self.start * (self.goal / self.start) ** min(max(progress, 0.0), 1.0)
+
+    def check(self, alive_cost: float, progress: float) -> None:
+        """One check of the alive cost at ``progress``."""
+        if not self.auto:
+            return
+        if alive_cost > (1.0 + SLACK) * max(self.planned(progress), self.goal):
+            self.value = min(self.value * RAISE, HIGHEST * self.initial)
+        elif alive_cost < self.goal:
+            self.value = max(self.value / RAISE, LOWEST * self.initial)
+
+
+def calibrated(penalty: MorphNetPenalty, goal: float, lr: float, steps: int) -> float:
+    """The lambda at which ``steps`` proximal steps of size ``lr * lambda`` would, without
+    any pull from the task loss, kill just enough channels (those of lowest ``p / W_g``) to
+    bring the alive cost to ``goal``; every group keeps at least one channel."""
+    alive = penalty.alive_widths()
+    weights = penalty.weights(alive)
+    ratios, groups = [], []
+    for gid, p in enumerate(penalty.vectors()):
+        if p is None or weights[gid] <= 0:
+            continue
+        values = np.sort(p.detach().double().cpu().numpy())[: max(int(alive[gid]) - 1, 0)]
+        ratios.append(values / weights[gid])
+        groups.append(np.full(len(values), gid))
+    if not ratios:
+        return 1.0 / max(lr * steps, 1e-12)
+    order = np.argsort(np.concatenate(ratios), kind="stable")
+    ratio = np.concatenate(ratios)[order]
+    group = np.concatenate(groups)[order]
+
+    def cost(k: int) -> float:
+        removed = np.bincount(group[:k], minlength=len(alive))
+        return penalty.cost_model.resource(penalty.resource, alive - removed)
+
+    low, high = 0, len(ratio)
+    if cost(high) > goal:
+        low = high
+    while low < high:  # the fewest removals that reach the goal
+        mid = (low + high) // 2
+        if cost(mid) <= goal:
+            high = mid
+        else:
+            low = mid + 1
+    threshold = ratio[min(low, len(ratio)) - 1] if low else ratio[0]
+    return max(float(threshold), 1e-30) / max(lr * steps, 1e-12)

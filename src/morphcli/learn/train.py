@@ -1,7 +1,10 @@
-"""The training loop: epochs of the task loss plus the penalty, optimizers, BN recalibration.
+"""The training loop: epochs of the task loss with the penalty's proximal steps, optimizers,
+BN recalibration.
 
-``fit`` runs whole epochs of ``loss + lambda * penalty`` (no penalty when fine-tuning) with
-SGD (momentum 0.9) or Adam at a fixed learning rate, shuffling with a generator seeded by
+``fit`` runs whole epochs of the task loss with SGD (momentum 0.9) or Adam, each optimizer
+step followed by the proximal step of ``lr * lambda * penalty`` when structure learning (no
+penalty when fine-tuning), at a fixed learning rate or a cosine decay, shuffling with a
+generator seeded by
 ``seed`` and the epoch index, so a run resumed at an epoch boundary sees the same batches as an
 uninterrupted one. After every epoch it calls ``on_epoch`` (where the caller checkpoints).
 """
@@ -165,8 +168,10 @@ def fit(
 ) -> list[EpochStats]:
     """Train ``module`` in place from epoch ``start_epoch`` to the schedule's end.
 
-    With ``penalty`` the loss is ``task + strength.value * penalty()`` and ``strength`` is
-    checked CHECKS_PER_EPOCH times an epoch against the alive cost.
+    With ``penalty`` every optimizer step is followed by ``penalty.shrink(lr *
+    strength.value)`` (the proximal step of the penalty), and ``strength`` is checked
+    CHECKS_PER_EPOCH times an epoch against the alive cost, with the deadline at DEADLINE of
+    the phase's steps.
     """
     module.to(device)
     module.train()
@@ -199,9 +204,8 @@ def fit(
                 for key in sums:
                     sums[key] += metrics.get(key) or 0.0
                 if penalty is not None and (step + 1) % check_every == 0:
-                    steps_left = int(DEADLINE * total_steps) - step
-                    strength.check(penalty.cost(), metrics["penalty"], check_every, steps_left)
-                    metrics["alive"] = strength.last_cost
+                    metrics["alive"] = penalty.cost()
+                    strength.check(metrics["alive"], (step + 1) / (DEADLINE * total_steps))
                 progress.advance(metrics)
             stats = EpochStats(epoch, sums["loss"] / max(steps, 1))
             if penalty is not None:
@@ -226,18 +230,18 @@ def _step(
     penalty: MorphNetPenalty | None,
     strength: Strength | None,
 ) -> dict[str, float]:
-    """One optimizer step on ``task + lambda * penalty``; returns the loss and penalty values."""
+    """One optimizer step on the task loss, then the penalty's proximal step; returns the
+    loss and penalty values."""
     x, y = batch_parts(batch)
     x = x.to(device)
     y = y.to(device) if y is not None else None
     task = objective(outputs_of(module(x)), x, y)
-    loss = task
     metrics = {"loss": task.item()}
-    if penalty is not None:
-        value = penalty()
-        loss = task + strength.value * value
-        metrics["penalty"] = value.item()
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    task.backward()
     optimizer.step()
+    if penalty is not None:
+        penalty.shrink(optimizer.param_groups[0]["lr"] * strength.value)
+        with torch.no_grad():
+            metrics["penalty"] = penalty().item()
     return metrics

@@ -35,6 +35,7 @@ class ShrinkConfig:
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
     export_structure: str | None = None
+    baseline: str | None = None
 
     def fingerprint(self) -> dict:
         return {
@@ -42,4 +43,5 @@ class ShrinkConfig:
             "target": f"{self.resource} {self.target}",
             "data": self.data,
             "rounds": self.rounds,
+            "baseline": self.baseline,
         }

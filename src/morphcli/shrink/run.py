@@ -29,6 +29,10 @@ from morphcli.surgery.widths import multiplier_widths
 
 # A multiplier that leaves every removable group at its narrowest width.
 NARROWEST = 1e-9
+# The result must land in [BAND_LOW, 1] x target.
+BAND_LOW = 0.97
+# Replicas' consumer columns get zero-sum noise of this many weight standard deviations.
+REPLICA_NOISE = 0.1
 
 
 @dataclass
@@ -186,6 +190,8 @@ def fresh_state(run: Run) -> ShrinkState:
         "steps": [Analysed.of(run.model).snapshot("input")],
         "validation": {"input": run.evaluate(run.module(proto))},
         "lambda": [],
+        "rounds": [],
+        "warnings": [],
         "time_s": {},
     }
     report["time_s"]["prepare"] = time.perf_counter() - started
