@@ -89,10 +89,11 @@ def _close(got: float, want: float, what: str) -> None:
 def test_flops_penalty_equals_hand_computation(hand):
     cg, cm, params, w = hand
     penalty = MorphNetPenalty.over(cg, cm, params.__getitem__, "flops", "auto")
-    # Group A's members are BN1 and BN2 (the residual Add): p is the L2 norm over both.
+    # Group A's members are BN1 and BN2 (the residual Add): p is the L2 norm over both;
+    # each group's p counts relative to its mean (its scale).
     p_a = np.hypot(w["g1"].astype(np.float64), w["g2"].astype(np.float64))
     norms_b = np.sqrt((w["W4"].astype(np.float64) ** 2).reshape(5, -1).sum(1))
-    s_a, s_b = p_a.sum(), norms_b.sum()
+    s_a, s_b = p_a.sum() / p_a.mean(), norms_b.sum() / norms_b.mean()
     a_a, a_b = 3, 4  # one dead channel in each group
     hw = 36
     want = (
@@ -112,8 +113,9 @@ def test_flops_penalty_equals_hand_computation(hand):
 def test_params_penalty_equals_hand_computation(hand):
     cg, cm, params, w = hand
     penalty = MorphNetPenalty.over(cg, cm, params.__getitem__, "params", "auto")
-    s_a = np.hypot(w["g1"].astype(np.float64), w["g2"].astype(np.float64)).sum()
-    s_b = np.sqrt((w["W4"].astype(np.float64) ** 2).reshape(5, -1).sum(1)).sum()
+    p_a = np.hypot(w["g1"].astype(np.float64), w["g2"].astype(np.float64))
+    p_b = np.sqrt((w["W4"].astype(np.float64) ** 2).reshape(5, -1).sum(1))
+    s_a, s_b = p_a.sum() / p_a.mean(), p_b.sum() / p_b.mean()
     a_a, a_b = 3, 4
     want = (
         9 * (3 * s_a)  # W1 [A, 3, 3, 3]
@@ -146,20 +148,16 @@ def test_gradient_matches_finite_differences(hand):
     cg, cm, params, _ = hand
     names = ("g1", "g2", "W1", "W4")
     leaves = [params[n] for n in names]
-
-    def value(*tensors):
+    for resource, mode in (("flops", "auto"), ("params", "group_lasso")):
         lookup = dict(params)
-        lookup.update(zip(names, tensors, strict=True))
-        return MorphNetPenalty.over(cg, cm, lookup.__getitem__, "flops", "auto")()
+        # The scales are fixed when the penalty is built; the parameters then vary.
+        penalty = MorphNetPenalty.over(cg, cm, lookup.__getitem__, resource, mode)
 
-    assert torch.autograd.gradcheck(value, leaves, eps=1e-6, atol=1e-5)
+        def value(*tensors, penalty=penalty, lookup=lookup):
+            lookup.update(zip(names, tensors, strict=True))
+            return penalty()
 
-    def lasso(*tensors):
-        lookup = dict(params)
-        lookup.update(zip(names, tensors, strict=True))
-        return MorphNetPenalty.over(cg, cm, lookup.__getitem__, "params", "group_lasso")()
-
-    assert torch.autograd.gradcheck(lasso, leaves, eps=1e-6, atol=1e-5)
+        assert torch.autograd.gradcheck(value, leaves, eps=1e-6, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["resnet.onnx", "mobilenetv2.onnx", "inception.onnx"])

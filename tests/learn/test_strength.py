@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from morphcli.learn.penalty import MorphNetPenalty
-from morphcli.learn.strength import HIGHEST, RAISE, Strength, calibrated
+from morphcli.learn.strength import HIGHEST, RAISE, Strength
 from morphcli.learn.wrapper import OnnxModule
 from tests.conftest import SAMPLE_MODELS
 
@@ -22,36 +22,59 @@ def test_the_penalty_alone_at_the_calibrated_lambda_reaches_about_the_goal(resne
     _, penalty = resnet
     start = penalty.cost()
     lr, steps = 0.01, 60
-    value = calibrated(penalty, 0.5 * start, lr, steps)
-    for _ in range(steps):
-        penalty.shrink(lr * value)
+    strength = Strength.calibrated(penalty, 0.5 * start, lr, steps)
+    assert strength.plan[0] == pytest.approx(start) and strength.plan[-1] <= 0.5 * start
+    assert all(a >= b for a, b in zip(strength.plan, strength.plan[1:], strict=False))
+    for step in range(steps):
+        penalty.shrink(lr * strength.value)
+        if step == steps // 2 - 1:  # half way, about the plan's half-way cost
+            assert penalty.cost() == pytest.approx(strength.planned(0.5), rel=0.2)
     # Channels with the lowest p / W die first; W falls as they do, so a bit less goes.
     assert 0.4 * start <= penalty.cost() <= 0.65 * start, penalty.cost() / start
 
 
-def test_calibration_scales_with_the_channels_and_the_step_not_the_cost_units(resnet):
+def test_calibration_scales_with_the_step_and_the_goal(resnet):
+    _, penalty = resnet
+
+    def calibrated(goal: float, lr: float, steps: int) -> Strength:
+        return Strength.calibrated(penalty, goal * penalty.cost(), lr, steps)
+
+    base = calibrated(0.5, 0.01, 100)
+    assert calibrated(0.5, 0.01, 200).value == pytest.approx(base.value / 2)
+    assert calibrated(0.5, 0.02, 100).value == pytest.approx(base.value / 2)
+    assert calibrated(0.2, 0.01, 100).value > 1.2 * base.value  # a deeper goal: stronger
+
+
+def test_the_pull_on_a_layer_scales_as_its_task_gradient_does(resnet):
+    # Scaling one layer's BN scales by 10 and the weights reading it by 1 / 10 computes the
+    # same function and divides the task gradient on those scales by 10; p counts relative to
+    # the layer's own scale, so the penalty's pull on them is divided by 10 as well.
     module, penalty = resnet
-    base = calibrated(penalty, 0.5 * penalty.cost(), 0.01, 100)
-    assert calibrated(penalty, 0.5 * penalty.cost(), 0.01, 200) == pytest.approx(base / 2)
-    assert calibrated(penalty, 0.5 * penalty.cost(), 0.02, 100) == pytest.approx(base / 2)
-    assert calibrated(penalty, 0.2 * penalty.cost(), 0.01, 100) > 1.5 * base
-    with torch.no_grad():  # BN scales 10x larger: the same channels need a 10x lambda
-        for group in penalty.sources:
-            for source in group:
-                module.tensor(source.const).mul_(10.0)
-    assert calibrated(penalty, 0.5 * penalty.cost(), 0.01, 100) == pytest.approx(10 * base)
+    (source,) = next(s for s in penalty.sources if len(s) == 1)
+    gamma = module.tensor(source.const)
+
+    def pull() -> torch.Tensor:
+        gamma.grad = None
+        MorphNetPenalty(module, "flops", "gamma")().backward()
+        return gamma.grad.clone()
+
+    before = pull()
+    with torch.no_grad():
+        gamma.mul_(10.0)
+    after = pull()
+    torch.testing.assert_close(after, before / 10.0, rtol=1e-5, atol=0.0)
 
 
 def test_auto_strength_follows_its_plan_to_the_goal():
-    strength = Strength(1.0, auto=True, goal=25.0, start=100.0)
-    assert strength.planned(0.5) == pytest.approx(50.0)  # geometric: 100 -> 25
-    strength.check(40.0, progress=0.5)  # ahead of the plan (50 wanted), over the goal: kept
+    strength = Strength(1.0, auto=True, goal=25.0, start=100.0, plan=[100.0, 50.0, 25.0])
+    assert strength.planned(0.25) == pytest.approx(75.0)  # interpolated
+    strength.check(70.0, progress=0.25)  # ahead of the plan, over the goal: kept
     assert strength.value == 1.0
-    strength.check(60.0, progress=0.5)  # behind it: raised
+    strength.check(80.0, progress=0.25)  # behind it: raised
     assert strength.value == pytest.approx(RAISE)
     strength.check(25.3, progress=1.5)  # past the deadline the plan is the goal: 2% slack
     assert strength.value == pytest.approx(RAISE)
-    strength.check(20.0, progress=1.5)  # under the goal: lowered
+    strength.check(20.0, progress=1.5)  # well under the goal: lowered
     assert strength.value == pytest.approx(1.0)
     for _ in range(200):
         strength.check(90.0, progress=2.0)

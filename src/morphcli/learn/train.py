@@ -27,11 +27,9 @@ from morphcli.learn.strength import Strength
 DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3}
 MOMENTUM = 0.9
 # lambda auto (see Strength) aims to reach its goal by DEADLINE of the phase's steps (the
-# rest lets the new structure settle); checks run CHECKS_PER_EPOCH times an epoch but at
-# least MIN_CHECK_STEPS apart.
+# rest lets the new structure settle); the alive cost is checked every CHECK_STEPS steps.
 DEADLINE = 0.75
-CHECKS_PER_EPOCH = 4
-MIN_CHECK_STEPS = 20
+CHECK_STEPS = 5
 # Batches that refresh BN running statistics (momentum 0.1: the old values keep 0.9^50).
 RECALIBRATION_BATCHES = 50
 
@@ -170,8 +168,8 @@ def fit(
 
     With ``penalty`` every optimizer step is followed by ``penalty.shrink(lr *
     strength.value)`` (the proximal step of the penalty), and ``strength`` is checked
-    CHECKS_PER_EPOCH times an epoch against the alive cost, with the deadline at DEADLINE of
-    the phase's steps.
+    every CHECK_STEPS steps against the alive cost, with the deadline at DEADLINE of the
+    phase's steps.
     """
     module.to(device)
     module.train()
@@ -182,7 +180,6 @@ def fit(
     per_epoch = schedule.steps_per_epoch(len(dataset))
     epochs = schedule.total_epochs(len(dataset))
     total_steps = schedule.steps if schedule.steps is not None else epochs * per_epoch
-    check_every = max(MIN_CHECK_STEPS, per_epoch // CHECKS_PER_EPOCH)
     history = []
     reference = None
     if penalty is not None:
@@ -203,7 +200,7 @@ def fit(
                 steps += 1
                 for key in sums:
                     sums[key] += metrics.get(key) or 0.0
-                if penalty is not None and (step + 1) % check_every == 0:
+                if penalty is not None and (step + 1) % CHECK_STEPS == 0:
                     metrics["alive"] = penalty.cost()
                     strength.check(metrics["alive"], (step + 1) / (DEADLINE * total_steps))
                 progress.advance(metrics)
@@ -241,7 +238,7 @@ def _step(
     task.backward()
     optimizer.step()
     if penalty is not None:
-        penalty.shrink(optimizer.param_groups[0]["lr"] * strength.value)
+        penalty.shrink(optimizer.param_groups[0]["lr"] * strength.value, optimizer)
         with torch.no_grad():
             metrics["penalty"] = penalty().item()
     return metrics

@@ -23,8 +23,7 @@ from morphcli.errors import EXIT_BUDGET, MorphError
 from morphcli.learn.checkpoint import BASELINE, DONE, FINETUNE, LEARN, ShrinkState, load_state
 from morphcli.learn.penalty import MorphNetPenalty
 from morphcli.learn.progress import Progress
-from morphcli.learn.strength import SLACK, Strength
-from morphcli.learn.strength import calibrated as strength_for
+from morphcli.learn.strength import Strength
 from morphcli.learn.train import DEADLINE, fit, recalibrate
 from morphcli.outputs import save_model, write_atomic
 from morphcli.report.format import human
@@ -42,6 +41,8 @@ from morphcli.surgery.widths import copies_for_widths, multiplier_widths, target
 SHRINK_GOAL = 0.7
 # A round whose learning kept more than this share of its starting cost removed almost nothing.
 LITTLE_LEARNED = 0.95
+# Learning reached its goal when the alive cost came within this factor of it.
+GOAL_TOLERANCE = 1.1
 
 
 def _initial_strength(run: Run, penalty: MorphNetPenalty) -> Strength:
@@ -52,8 +53,7 @@ def _initial_strength(run: Run, penalty: MorphNetPenalty) -> Strength:
     goal = SHRINK_GOAL * min(run.target, start)
     learn = run.config.learn
     steps = learn.steps or learn.epochs * learn.steps_per_epoch(len(run.data.train))
-    value = strength_for(penalty, goal, learn.base_lr, max(1, round(DEADLINE * steps)))
-    return Strength(value, auto=True, goal=goal, start=start)
+    return Strength.calibrated(penalty, goal, learn.base_lr, max(1, round(DEADLINE * steps)))
 
 
 def _train_learning(run: Run, state: ShrinkState, module, penalty, strength) -> None:
@@ -147,7 +147,7 @@ def learn_round(run: Run, state: ShrinkState) -> ShrinkState:
     record = {
         "round": state.round, "start": round(round_start), "goal": round(strength.goal) or None,
         "learned": round(learned), "multiplier": omega, "expanded": round(reached),
-        "reached_goal": not strength.auto or learned <= (1 + SLACK) * strength.goal,
+        "reached_goal": not strength.auto or learned <= GOAL_TOLERANCE * strength.goal,
     }  # fmt: skip
     report["rounds"].append(record)
     run.progress.note(
@@ -169,23 +169,21 @@ def learn_round(run: Run, state: ShrinkState) -> ShrinkState:
 
 def _round_warnings(record: dict, unit: str) -> list[str]:
     """What a user should know about a round: learning that removed (almost) nothing, or
-    that stopped short of its goal so the multiplier below 1 did the rest."""
-    warnings = []
+    that stopped over the target, so that a multiplier below 1 did the rest."""
     kept = record["learned"] / record["start"]
     if kept > LITTLE_LEARNED:
-        warnings.append(
+        return [
             f"round {record['round']}: learning removed almost nothing ({kept:.0%} of the "
             f"{unit} stayed alive), so the result is mostly the uniform multiplier "
             f"x{record['multiplier']:.3f}: train longer (--epochs) or raise --lambda"
-        )
-    elif not record["reached_goal"]:
-        warnings.append(
-            f"round {record['round']}: learning stopped at {kept:.0%} of the {unit}, over its "
-            f"goal of {record['goal'] / record['start']:.0%}; the multiplier "
-            f"x{record['multiplier']:.3f} did the rest: train longer (--epochs) for a "
-            "structure learned all the way"
-        )
-    return warnings
+        ]
+    if record["multiplier"] < 1.0:
+        return [
+            f"round {record['round']}: learning stopped at {kept:.0%} of the {unit}, over the "
+            f"target; the multiplier x{record['multiplier']:.3f} did the rest: train longer "
+            "(--epochs) for a structure learned all the way"
+        ]
+    return []
 
 
 def reduction(report: dict, final: float) -> dict:
