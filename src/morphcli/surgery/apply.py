@@ -22,6 +22,7 @@ from morphcli.errors import EXIT_INTERNAL, MorphError
 from morphcli.graph.channels import FILTER, IN, ChannelGraph
 from morphcli.graph.model import Model
 from morphcli.graph.runtime import dummy_inputs, run_model
+from morphcli.graph.validate import check_finite_result
 from morphcli.ops import rule_for
 from morphcli.ops.base import Shape
 from morphcli.surgery.index_maps import IndexMap, index_maps
@@ -196,10 +197,12 @@ def _internal(model: Model, what: str, error: Exception) -> MorphError:
 
 
 def check_result(proto: onnx.ModelProto, model: Model) -> None:
-    """Full ``onnx.checker`` check and one onnxruntime run; outputs keep their shapes.
+    """Full ``onnx.checker`` check and one onnxruntime run; outputs keep their shapes, and
+    weights and outputs stay finite (``validate.check_result``).
 
     Raises:
-        MorphError: exit code 3 (internal error), naming the check that failed.
+        MorphError: exit code 3 (internal error), naming the check that failed; exit code 1
+            for non-finite weights or outputs.
     """
     try:
         onnx.checker.check_model(proto, full_check=True)
@@ -215,6 +218,7 @@ def check_result(proto: onnx.ModelProto, model: Model) -> None:
             raise _internal(
                 model, "output shape changed", ValueError(f"{name}: {np.shape(value)} != {want}")
             )
+    check_finite_result(proto, outputs, model.non_finite, model.reference, model.path)
 
 
 def apply_copies(

@@ -11,10 +11,17 @@ import numpy as np
 from morphcli.graph.builder import build_channel_graph
 from morphcli.graph.channels import ChannelGraph
 from morphcli.graph.model import Model, model_from_proto
-from morphcli.outputs import save_model
+from morphcli.outputs import OutputPlan, save_model
 from morphcli.report.widths import width_report
 from morphcli.resources.cost import CostModel, build_cost_model
 from morphcli.surgery.apply import Init, apply_copies
+
+
+def check_output(model: Model, output_path: str) -> None:
+    """``-o`` through the one output check (``OutputPlan``), against the model's files."""
+    plan = OutputPlan(model.input_files())
+    plan.add("-o", output_path)
+    plan.check()
 
 
 def costs(cm: CostModel) -> dict[str, float]:
