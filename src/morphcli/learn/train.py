@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from morphcli.learn.finite import check_evaluation, check_step, check_weights, non_finite
 from morphcli.learn.objective import Objective, batch_parts, outputs_of
 from morphcli.learn.penalty import MorphNetPenalty
 from morphcli.learn.progress import Progress
@@ -107,6 +108,7 @@ def recalibrate(
     weights and an eval-mode model is far worse than the trained one; this catches them up.
     """
     was_training = module.training
+    settings = non_finite(module)
     module.train()
     with torch.no_grad():
         for index, batch in enumerate(loader(dataset, batch_size, seed=seed)):
@@ -114,6 +116,7 @@ def recalibrate(
                 break
             module(batch_parts(batch)[0].to(device))
     module.train(was_training)
+    check_weights(module, "re-estimating the BN statistics", allowed=settings)
 
 
 def evaluate(
@@ -139,6 +142,7 @@ def evaluate(
             count += n
     module.train(was_training)
     objective.train(was_training)
+    check_evaluation(total / count)
     return total / count, (correct / count if labelled else None)
 
 
@@ -176,6 +180,7 @@ def fit(
     reference = None
     if penalty is not None:
         reference = penalty.cost_model.resource(penalty.resource)
+    settings = non_finite(module)
     progress.start(label, total_steps, start_epoch * per_epoch, reference)
     try:
         for epoch in range(start_epoch, epochs):
@@ -189,6 +194,7 @@ def fit(
                     for param_group in optimizer.param_groups:
                         param_group["lr"] = schedule.lr_at(step, total_steps)
                 metrics = _step(module, batch, objective, optimizer, device, penalty, strength)
+                check_step(metrics, batch_parts(batch)[0], step, label, schedule.base_lr)
                 steps += 1
                 for key in sums:
                     sums[key] += metrics.get(key) or 0.0
@@ -202,6 +208,7 @@ def fit(
                 stats.penalty = sums["penalty"] / max(steps, 1)
                 stats.strength = strength.value
                 stats.alive_cost = penalty.cost()
+            check_weights(module, f"{label} epoch {epoch + 1}", schedule.base_lr, settings)
             history.append(stats)
             progress.epoch_done(stats, epochs)
             if on_epoch is not None:
