@@ -11,6 +11,7 @@ checkpointed after every epoch (``checkpoint``).
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, replace
 
@@ -19,16 +20,16 @@ import onnx
 import torch
 
 from morphcli.errors import EXIT_BUDGET, MorphError
-from morphcli.learn.checkpoint import FINETUNE, LEARN, ShrinkState, load_state
+from morphcli.learn.checkpoint import FINETUNE, LEARN, ShrinkState
 from morphcli.learn.penalty import MorphNetPenalty
 from morphcli.learn.progress import Progress
 from morphcli.learn.strength import Strength
 from morphcli.learn.train import fit, recalibrate
-from morphcli.outputs import save_model
+from morphcli.outputs import save_model, write_atomic
 from morphcli.report.format import human
 from morphcli.shrink.config import ShrinkConfig
 from morphcli.shrink.run import Run, fresh_state, prepare
-from morphcli.surgery.apply import Init, apply_copies
+from morphcli.surgery.apply import Init, apply_copies, check_result
 from morphcli.surgery.importance import class_importance
 from morphcli.surgery.widths import copies_for_widths, multiplier_widths, target_multiplier, top_up
 
@@ -175,35 +176,43 @@ def finetune(run: Run, state: ShrinkState) -> onnx.ModelProto:
 
 
 def run_shrink(config: ShrinkConfig, progress: Progress) -> dict:
-    """Algorithm 1 end to end; writes ``config.output`` and returns the report.
+    """Algorithm 1 end to end; writes ``config.output`` (and ``config.report``) and returns
+    the report. A run that fails removes what it created (an interrupted one keeps its
+    checkpoint for ``--resume``); the model is written only if it passes ``check_result``.
 
     Raises:
-        MorphError: bad input (exit 2), or a target that cannot be met (exit 1).
+        MorphError: bad input (exit 2), or a target that cannot be met or training that
+            diverged (exit 1).
     """
     torch.manual_seed(config.learn.seed)
     run = prepare(config, progress)
-    if config.resume:
-        state = load_state(config.work_dir, config.fingerprint())
-        progress.note(f"resuming from {state}")
-    else:
-        state = fresh_state(run)
-        run.checkpoint(state)
-    while state.phase == LEARN:
-        state = learn_round(run, state)
-    proto = finetune(run, state)
-    report = state.report
-    final = run.analyse(proto)
-    report["steps"].append(final.snapshot("final"))
-    reached = final.cm.resource(config.resource)
-    report["reached"] = round(reached)
-    report["fraction_of_target"] = reached / run.target
-    report["met"] = BAND_LOW * run.target <= reached <= run.target
-    report["time_s"]["total"] = sum(report["time_s"].values())
-    if not report["met"]:
-        raise MorphError(
-            f"the result costs {human(reached)} {run.unit}, {reached / run.target:.1%} of the "
-            f"target {human(run.target)}",
-            exit_code=EXIT_BUDGET,
-        )
-    save_model(proto, config.output)
+    with run.outputs:
+        if run.resumed is not None:
+            state = run.resumed
+            progress.note(f"resuming from {state}")
+        else:
+            state = fresh_state(run)
+            run.checkpoint(state)
+        while state.phase == LEARN:
+            state = learn_round(run, state)
+        proto = finetune(run, state)
+        report = state.report
+        final = run.analyse(proto)
+        report["steps"].append(final.snapshot("final"))
+        reached = final.cm.resource(config.resource)
+        report["reached"] = round(reached)
+        report["fraction_of_target"] = reached / run.target
+        report["met"] = BAND_LOW * run.target <= reached <= run.target
+        report["time_s"]["total"] = sum(report["time_s"].values())
+        if not report["met"]:
+            raise MorphError(
+                f"the result costs {human(reached)} {run.unit}, {reached / run.target:.1%} of "
+                f"the target {human(run.target)}",
+                exit_code=EXIT_BUDGET,
+            )
+        check_result(proto, run.model)
+        save_model(proto, config.output)
+        if config.report:
+            text = (json.dumps(report, indent=2) + "\n").encode()
+            write_atomic(config.report, lambda stream: stream.write(text))
     return report

@@ -28,6 +28,7 @@ class ShrinkConfig:
     temperature: float = 1.0
     device: str = "cpu"
     work_dir: str = ""
+    report: str | None = None
     resume: bool = False
     input_shapes: dict[str, list[int]] | None = None
     image_size: tuple[int, int] | None = None
