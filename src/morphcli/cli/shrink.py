@@ -2,28 +2,28 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 import click
 
-from morphcli.cli import options
 from morphcli.cli.common import (
     handle_errors,
     input_shapes_option,
     parse_input_shapes,
+    print_error,
     print_json,
     stderr,
     stdout,
 )
+from morphcli.cli.options import ROUND_TO, SEED, Finite, ImageSize, Numbers, Strength, Target
 from morphcli.errors import MorphError
 
 
 @click.command()
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=True))
 @click.option("-o", "--output", required=True, type=click.Path(), help="The ONNX file to write.")
-@click.option("--target-flops", metavar="T", help="FLOPs budget: 50%, 100%, 1.2G, 300M ...")
-@click.option("--target-params", metavar="T", help="Parameter budget, written the same way.")
+@click.option("--target-flops", type=Target(), help="FLOPs budget: 50%, 100%, 1.2G, 300M ...")
+@click.option("--target-params", type=Target(), help="Parameter budget, written the same way.")
 @click.option(
     "--data",
     required=True,
@@ -58,7 +58,7 @@ from morphcli.errors import MorphError
     "--round-to",
     default=1,
     show_default=True,
-    type=click.IntRange(1),
+    type=ROUND_TO,
     help="Make every removable width a multiple of N.",
 )
 @click.option(
@@ -66,6 +66,7 @@ from morphcli.errors import MorphError
     "strength",
     default="auto",
     show_default=True,
+    type=Strength(),
     help="Penalty strength: auto (calibrated from the cost, raised while the alive "
     "cost stalls) or a number.",
 )
@@ -88,7 +89,7 @@ from morphcli.errors import MorphError
     "--temperature",
     default=1.0,
     show_default=True,
-    type=click.FloatRange(min=0, min_open=True),
+    type=Finite(min=0, min_open=True),
     help="Distillation temperature for logits.",
 )
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
@@ -101,17 +102,17 @@ from morphcli.errors import MorphError
 )
 @click.option(
     "--lr",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Finite(min=0, min_open=True),
     help="Learning rate (default 0.01 for SGD, 0.001 for Adam).",
 )
-@click.option("--image-size", metavar="HxW", help="Resize folder images (default: the input's).")
-@click.option("--mean", metavar="M[,M,M]", help="Per-channel mean subtracted from images.")
-@click.option("--std", metavar="S[,S,S]", help="Per-channel std dividing images.")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--image-size", type=ImageSize(), help="Resize folder images (default: the input's).")
+@click.option("--mean", type=Numbers(), help="Per-channel mean subtracted from images (M[,M,M]).")
+@click.option("--std", type=Numbers(positive=True), help="Per-channel std dividing images.")
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option(
     "--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"])
 )
-@click.option("--threads", type=click.IntRange(1), help="CPU threads for torch.")
+@click.option("--threads", type=click.IntRange(1, 1024), help="CPU threads for torch.")
 @click.option(
     "--work-dir",
     type=click.Path(file_okay=False),
@@ -128,17 +129,17 @@ def shrink(model_path: str, output: str, target_flops: str | None, target_params
            data: str, val_data: str | None, rounds: int, epochs: int, steps: int | None,
            finetune_epochs: int, round_to: int, strength: str, mode: str, loss: str,
            temperature: float, batch_size: int, optimizer: str, lr: float | None,
-           image_size: str | None, mean: str | None, std: str | None, seed: int, device: str,
-           threads: int | None, work_dir: str | None, resume: bool, report_path: str | None,
-           as_json: bool, input_shapes: tuple[str, ...]) -> None:  # fmt: skip
+           image_size: tuple[int, int] | None, mean: tuple | None, std: tuple | None,
+           seed: int, device: str, threads: int | None, work_dir: str | None, resume: bool,
+           report_path: str | None, as_json: bool, input_shapes: tuple) -> None:  # fmt: skip
     """MorphNet: learn where channels matter, then fit the model to a FLOPs or params budget."""
     if (target_flops is None) == (target_params is None):
         raise MorphError("give one of --target-flops or --target-params")
     import torch
 
+    from morphcli.learn.checkpoint import default_work_dir
     from morphcli.learn.progress import Progress
     from morphcli.learn.train import Schedule
-    from morphcli.outputs import write_atomic
     from morphcli.report.shrink import render_shrink
     from morphcli.shrink.algorithm import run_shrink
     from morphcli.shrink.config import ShrinkConfig
@@ -156,29 +157,26 @@ def shrink(model_path: str, output: str, target_flops: str | None, target_params
         learn=Schedule(epochs, steps, batch_size, optimizer, lr, seed),
         finetune_epochs=finetune_epochs,
         round_to=round_to,
-        strength=options.strength(strength),
+        strength=strength,
         mode=mode.replace("-", "_"),
         loss=loss,
         temperature=temperature,
         device=device,
-        work_dir=work_dir or f"{output}.work",
+        work_dir=work_dir or default_work_dir(output),
+        report=report_path,
         resume=resume,
         input_shapes=parse_input_shapes(input_shapes),
-        image_size=options.image_size(image_size),
-        mean=options.floats(mean, "--mean") or (0.0,),
-        std=options.floats(std, "--std") or (1.0,),
+        image_size=image_size,
+        mean=mean or (0.0,),
+        std=std or (1.0,),
     )
     try:
         report = run_shrink(config, Progress(stderr))
     except KeyboardInterrupt:
-        stderr.print(
-            f"[red]interrupted[/red]: the last checkpoint is in {config.work_dir}; "
-            "continue with --resume"
+        print_error(
+            f"the last checkpoint is in {config.work_dir}; continue with --resume", "interrupted"
         )
         sys.exit(130)
-    if report_path:
-        text = (json.dumps(report, indent=2) + "\n").encode()
-        write_atomic(report_path, lambda stream: stream.write(text))
     if as_json:
         print_json(report)
     else:
