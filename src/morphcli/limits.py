@@ -45,6 +45,18 @@ def format_bytes(nbytes: float) -> str:
     return f"{nbytes:.0f} bytes"
 
 
+def check_model_size(nbytes: float, what: str, file: str | None = None) -> None:
+    """Refuse (exit 2) a model of ``nbytes`` (its file, or with its external data) over the
+    memory bound or the 2 GiB that one protobuf, and so one model in memory, holds."""
+    check_memory(nbytes, what, file)
+    if nbytes > PROTOBUF_LIMIT:
+        raise MorphError(
+            f"{what} is {format_bytes(nbytes)}: morphnet handles models of up to 2 GiB "
+            "(one protobuf), external data included",
+            file=file,
+        )
+
+
 def check_memory(nbytes: float, what: str, file: str | None = None) -> None:
     """Refuse (exit 2) when ``what`` would take more than the bound.
 

@@ -20,7 +20,7 @@ import onnx
 from onnx import AttributeProto, TensorProto, helper
 
 from morphcli.errors import MorphError
-from morphcli.limits import PROTOBUF_LIMIT, check_memory, format_bytes
+from morphcli.limits import check_model_size
 
 
 def all_tensors(graph: onnx.GraphProto) -> Iterator[TensorProto]:
@@ -76,13 +76,7 @@ def load_external_data(proto: onnx.ModelProto, path: str, file_size: int) -> lis
                 file=path,
             )
         total += length
-        check_memory(total, "the model with its external data", file=path)
-        if total > PROTOBUF_LIMIT:
-            raise MorphError(
-                f"the model with its external data is over {format_bytes(total)}: morphnet "
-                "handles models of up to 2 GiB (one protobuf)",
-                file=path,
-            )
+        check_model_size(total, "the model with its external data", file=path)
         tensor.raw_data = _read(real, offset, length, where, path)
         del tensor.external_data[:]
         tensor.data_location = TensorProto.DEFAULT

@@ -18,7 +18,7 @@ import onnx
 from morphcli.errors import MorphError
 from morphcli.graph.external import load_external_data
 from morphcli.graph.validate import check_proto
-from morphcli.limits import PROTOBUF_LIMIT, check_memory, format_bytes
+from morphcli.limits import check_model_size
 
 
 @dataclass
@@ -37,13 +37,7 @@ def read_model_file(path: str | os.PathLike) -> ModelFile:
     """
     path = os.fspath(path)
     size = _regular_size(path)
-    check_memory(size, "the model file", file=path)
-    if size > PROTOBUF_LIMIT:
-        raise MorphError(
-            f"the file is {format_bytes(size)}: one ONNX file holds at most 2 GiB "
-            "(keep larger weights as external data)",
-            file=path,
-        )
+    check_model_size(size, "the model file", file=path)
     data = _read(path, size)
     proto = onnx.ModelProto()
     try:
