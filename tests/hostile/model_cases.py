@@ -6,9 +6,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from tests.hostile.cases import COMMANDS, Builder, command_argv, run, standard_runs
@@ -28,7 +30,7 @@ HOSTILE_NAME = "bad\n\x1b[31mred\x07"
 REWRITERS = ("prune", "expand", "shrink")
 
 
-def _write(content: bytes, name: str = "model.onnx"):
+def _write(content: bytes, name: str = "model.onnx") -> Callable[[Path], object]:
     return lambda folder: (folder / name).write_bytes(content)
 
 
@@ -94,7 +96,7 @@ def file_cases(b: Builder) -> None:
         b.add("file", name, _write(broken.SerializeToString()), standard_runs(expect))
 
 
-def _model(proto) -> callable:
+def _model(proto: onnx.ModelProto) -> Callable[[Path], object]:
     return _write(proto.SerializeToString())
 
 

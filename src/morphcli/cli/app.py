@@ -6,7 +6,11 @@ Commands that train import torch inside their own function, so ``analyze`` start
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -20,15 +24,35 @@ from morphcli.cli.shrink import shrink
 from morphcli.errors import EXIT_BAD_INPUT
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a CI job cancelled or timed out) stops a run as Ctrl-C does: temporary files
+    removed, the last checkpoint kept for ``--resume``, exit code 130."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class CommandGroup(click.Group):
     """click's group, but a usage error (a bad flag value, an unknown option, a missing
-    argument) is one line on stderr with exit code 2, like every other error."""
+    argument) is one line on stderr with exit code 2, like every other error, and SIGTERM
+    stops a run as Ctrl-C does."""
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **kwargs)
         try:
-            code = super().main(*args, standalone_mode=False, **kwargs)
+            with sigterm_as_interrupt():
+                code = super().main(*args, standalone_mode=False, **kwargs)
         except click.exceptions.Abort:
             print_error("stopped by Ctrl-C", "interrupted")
             sys.exit(130)
