@@ -46,6 +46,25 @@ class Model:
     non_finite: frozenset[str] = frozenset()
     reference: dict[str, np.ndarray] | None = None
 
+    def probe(self) -> dict[str, np.ndarray]:
+        """The model's outputs in onnxruntime on the probe input (random, seed 0), run once
+        and kept as ``reference``.
+
+        Raises:
+            MorphError: exit code 2 when onnxruntime cannot run the model.
+        """
+        if self.reference is None:
+            proto = self.to_proto()
+            try:
+                self.reference = run_model(proto, dummy_inputs(proto, self.input_shapes))
+            except Exception as error:  # onnxruntime raises its own exception types
+                text = str(error).strip()
+                message = text.splitlines()[0] if text else repr(error)
+                raise MorphError(
+                    f"onnxruntime cannot run the model: {message}", file=self.path
+                ) from None
+        return self.reference
+
     def input_files(self) -> dict[str, str]:
         """The files the model was read from, as messages name them (for ``OutputPlan``)."""
         return {
@@ -84,8 +103,9 @@ def load_model(
         input_shapes: Concrete shapes for inputs with dynamic dims. A symbolic batch dim
             becomes 1 without it; any other dynamic dim needs it. Defaults to None.
         probe: Also run it once in onnxruntime on the probe input and keep its outputs
-            (``reference``): the commands that rewrite a model do, so a model onnxruntime
-            cannot run is refused before any work. Defaults to False.
+            (``reference``), so a model onnxruntime cannot run is refused before any work
+            (shrink does, before training; prune and expand probe only when a result fails
+            a check, which costs nothing on a good model). Defaults to False.
 
     Returns:
         The Model, with every tensor's shape and dtype.
@@ -99,18 +119,8 @@ def load_model(
     model.files = read.files
     model.non_finite = check_finite_weights(model.graph, model.path)
     if probe:
-        model.reference = probe_outputs(model)
+        model.probe()
     return model
-
-
-def probe_outputs(model: Model) -> dict[str, np.ndarray]:
-    """The model's outputs in onnxruntime on the probe input (random, seed 0)."""
-    proto = model.to_proto()
-    try:
-        return run_model(proto, dummy_inputs(proto, model.input_shapes))
-    except Exception as error:  # onnxruntime reports every failure as its own exception types
-        message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-        raise MorphError(f"onnxruntime cannot run the model: {message}", file=model.path) from None
 
 
 def model_from_proto(

@@ -100,9 +100,10 @@ class Run:
         return {name: list(shape) for name, shape in self.model.input_shapes.items()}
 
     def analyse(self, proto: onnx.ModelProto) -> Analysed:
-        """A model of this run; the settings the input held as non-finite stay allowed."""
+        """A model of this run, checked as the input is: the settings the input held as
+        non-finite stay allowed, and outputs must be finite where the input's are."""
         model = model_from_proto(proto, self.config.model, self.input_shapes())
-        model.non_finite = self.model.non_finite
+        model.non_finite, model.reference = self.model.non_finite, self.model.reference
         return Analysed.of(model)
 
     def evaluate(self, module: OnnxModule) -> dict[str, float | None]:

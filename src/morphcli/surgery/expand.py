@@ -51,7 +51,7 @@ def run_expand(
     init = init or Init()
     if init.mode != PRESERVE and init.noise:
         raise MorphError("--noise applies to --init preserve (random channels need no noise)")
-    model = load_model(model_path, input_shapes, probe=True)
+    model = load_model(model_path, input_shapes)
     check_output(model, output_path)
     cg = build_channel_graph(model)
     cm = build_cost_model(model, cg)

@@ -184,7 +184,7 @@ def run_prune(
         raise MorphError(f"bad --round-to {round_to}: must be >= 1")
     if threshold < 0:
         raise MorphError(f"bad --threshold {threshold}: must be >= 0")
-    model = load_model(model_path, input_shapes, probe=True)
+    model = load_model(model_path, input_shapes)
     check_output(model, output_path)
     cg = build_channel_graph(model)
     cm = build_cost_model(model, cg)
