@@ -38,7 +38,6 @@ def test_a_huge_learning_rate_stops_with_exit_1_and_writes_nothing(cli, tmp_path
     result = _shrink(cli, tmp_path, arrays, "--lr", "1e6", "--steps", "8")
     assert result.exit_code == EXIT_BUDGET, result.output
     line = result.stderr.strip().splitlines()[-1]
-    print(line)
     assert line.startswith("error: training diverged: ")
     assert "try a lower --lr (this run used 1e+06)" in line and "nothing was written" in line
     assert _left(tmp_path) == [], "a diverged run left files behind"
