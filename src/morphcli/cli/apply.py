@@ -12,6 +12,7 @@ from morphcli.cli.common import (
     parse_input_shapes,
     show_widths,
 )
+from morphcli.cli.options import SEED
 
 
 @click.command()
@@ -27,7 +28,7 @@ from morphcli.cli.common import (
     help="inherit: keep the most important channels' weights (replicas where a group grows); "
     "scratch: fresh weights, for retraining from scratch.",
 )
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of --init scratch.")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of --init scratch.")
 @calibrate_option
 @input_shapes_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")

@@ -13,6 +13,7 @@ from morphcli.cli.common import (
     parse_input_shapes,
     show_widths,
 )
+from morphcli.cli.options import ROUND_TO, SEED, Finite, Target
 
 
 @click.command()
@@ -20,16 +21,16 @@ from morphcli.cli.common import (
 @click.option("-o", "--output", required=True, type=click.Path(), help="The ONNX file to write.")
 @click.option(
     "--multiplier",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Finite(min=0, min_open=True),
     help="Width multiplier W (1.5 widens, 0.5 shrinks by importance).",
 )
-@click.option("--target-flops", metavar="T", help="The largest uniform width within T FLOPs.")
-@click.option("--target-params", metavar="T", help="Parameter target, written the same way.")
+@click.option("--target-flops", type=Target(), help="The largest uniform width within T FLOPs.")
+@click.option("--target-params", type=Target(), help="Parameter target, written the same way.")
 @click.option(
     "--round-to",
     default=1,
     show_default=True,
-    type=click.IntRange(1),
+    type=ROUND_TO,
     help="Every width a multiple of N.",
 )
 @click.option(
@@ -45,10 +46,10 @@ from morphcli.cli.common import (
     "--noise",
     default=0.0,
     show_default=True,
-    type=click.FloatRange(min=0),
+    type=Finite(min=0),
     help="preserve: zero-sum noise (relative to each weight's std) that breaks replica symmetry.",
 )
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of noise and init.")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of noise and init.")
 @calibrate_option
 @input_shapes_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")

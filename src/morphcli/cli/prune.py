@@ -13,6 +13,7 @@ from morphcli.cli.common import (
     parse_input_shapes,
     show_widths,
 )
+from morphcli.cli.options import ROUND_TO, Finite, Target
 
 
 @click.command()
@@ -22,7 +23,7 @@ from morphcli.cli.common import (
     "--threshold",
     default=1e-3,
     show_default=True,
-    type=click.FloatRange(min=0),
+    type=Finite(min=0),
     help="A BN scale under this (absolute) counts as zero.",
 )
 @click.option(
@@ -30,18 +31,18 @@ from morphcli.cli.common import (
     is_flag=True,
     help="Also remove constant channels whose bias fold is not exact (padded convs).",
 )
-@click.option("--target-flops", metavar="T", help="Remove the least important channels to T.")
-@click.option("--target-params", metavar="T", help="Parameter target, written the same way.")
+@click.option("--target-flops", type=Target(), help="Remove the least important channels to T.")
+@click.option("--target-params", type=Target(), help="Parameter target, written the same way.")
 @click.option(
     "--ratio",
-    type=click.FloatRange(min=0, max=1, min_open=True),
+    type=Finite(min=0, max=1, min_open=True),
     help="Keep this fraction of every removable group, by importance.",
 )
 @click.option(
     "--round-to",
     default=1,
     show_default=True,
-    type=click.IntRange(1),
+    type=ROUND_TO,
     help="Every width a multiple of N (or its full width).",
 )
 @calibrate_option

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from morphcli.cli import options
 from morphcli.cli.common import (
     handle_errors,
     input_shapes_option,
     parse_input_shapes,
+    print_error,
     print_json,
     stderr,
     stdout,
 )
+from morphcli.cli.options import ROUND_TO, SEED, Finite, ImageSize, Numbers, Strength, Target
 from morphcli.errors import MorphError
 
 if TYPE_CHECKING:
@@ -26,8 +26,8 @@ if TYPE_CHECKING:
 @click.command()
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=True))
 @click.option("-o", "--output", required=True, type=click.Path(), help="The ONNX file to write.")
-@click.option("--target-flops", metavar="T", help="FLOPs budget: 50%, 100%, 1.2G, 300M ...")
-@click.option("--target-params", metavar="T", help="Parameter budget, written the same way.")
+@click.option("--target-flops", type=Target(), help="FLOPs budget: 50%, 100%, 1.2G, 300M ...")
+@click.option("--target-params", type=Target(), help="Parameter budget, written the same way.")
 @click.option(
     "--data",
     required=True,
@@ -62,7 +62,7 @@ if TYPE_CHECKING:
     "--round-to",
     default=1,
     show_default=True,
-    type=click.IntRange(1),
+    type=ROUND_TO,
     help="Make every removable width a multiple of N.",
 )
 @click.option(
@@ -70,6 +70,7 @@ if TYPE_CHECKING:
     "strength",
     default="auto",
     show_default=True,
+    type=Strength(),
     help="Penalty strength: auto (calibrated from the cost, raised while the alive "
     "cost stalls) or a number.",
 )
@@ -92,12 +93,12 @@ if TYPE_CHECKING:
     "--temperature",
     default=1.0,
     show_default=True,
-    type=click.FloatRange(min=0, min_open=True),
+    type=Finite(min=0, min_open=True),
     help="Distillation temperature for logits.",
 )
 @click.option(
     "--distill-weight",
-    type=click.FloatRange(min=0, max=1, min_open=True),
+    type=Finite(min=0, max=1, min_open=True),
     help="With labels: the share of distillation from the input model in the loss "
     "((1 - W) x cross entropy + W x KL on logits). Default: labels alone.",
 )
@@ -111,17 +112,17 @@ if TYPE_CHECKING:
 )
 @click.option(
     "--lr",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Finite(min=0, min_open=True),
     help="Learning rate (default 0.01 for SGD, 0.001 for Adam).",
 )
-@click.option("--image-size", metavar="HxW", help="Resize folder images (default: the input's).")
-@click.option("--mean", metavar="M[,M,M]", help="Per-channel mean subtracted from images.")
-@click.option("--std", metavar="S[,S,S]", help="Per-channel std dividing images.")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--image-size", type=ImageSize(), help="Resize folder images (default: the input's).")
+@click.option("--mean", type=Numbers(), help="Per-channel mean subtracted from images (M[,M,M]).")
+@click.option("--std", type=Numbers(positive=True), help="Per-channel std dividing images.")
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option(
     "--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"])
 )
-@click.option("--threads", type=click.IntRange(1), help="CPU threads for torch.")
+@click.option("--threads", type=click.IntRange(1, 1024), help="CPU threads for torch.")
 @click.option(
     "--work-dir",
     type=click.Path(file_okay=False),
@@ -152,7 +153,6 @@ def shrink(model_path: str, output: str, **flags: Any) -> None:
     import torch
 
     from morphcli.learn.progress import Progress
-    from morphcli.outputs import write_atomic
     from morphcli.report.shrink import render_shrink
     from morphcli.shrink.algorithm import run_shrink
 
@@ -162,14 +162,10 @@ def shrink(model_path: str, output: str, **flags: Any) -> None:
     try:
         report = run_shrink(config, Progress(stderr))
     except KeyboardInterrupt:
-        stderr.print(
-            f"[red]interrupted[/red]: the last checkpoint is in {config.work_dir}; "
-            "continue with --resume"
+        print_error(
+            f"the last checkpoint is in {config.work_dir}; continue with --resume", "interrupted"
         )
         sys.exit(130)
-    if flags["report_path"]:
-        text = (json.dumps(report, indent=2) + "\n").encode()
-        write_atomic(flags["report_path"], lambda stream: stream.write(text))
     if flags["as_json"]:
         print_json(report)
     else:
@@ -178,6 +174,7 @@ def shrink(model_path: str, output: str, **flags: Any) -> None:
 
 def config_from_flags(model_path: str, output: str, flags: dict[str, Any]) -> ShrinkConfig:
     """The run's configuration from the command's flags (values checked here or by click)."""
+    from morphcli.learn.checkpoint import default_work_dir
     from morphcli.learn.train import Schedule
     from morphcli.shrink.config import ShrinkConfig
 
@@ -202,18 +199,19 @@ def config_from_flags(model_path: str, output: str, flags: dict[str, Any]) -> Sh
         ),
         finetune_epochs=flags["finetune_epochs"],
         round_to=flags["round_to"],
-        strength=options.strength(flags["strength"]),
+        strength=flags["strength"],
         mode=flags["mode"].replace("-", "_"),
         loss=flags["loss"],
         temperature=flags["temperature"],
         distill_weight=flags["distill_weight"],
         device=flags["device"],
-        work_dir=flags["work_dir"] or f"{output}.work",
+        work_dir=flags["work_dir"] or default_work_dir(output),
+        report=flags["report_path"],
         resume=flags["resume"],
         input_shapes=parse_input_shapes(flags["input_shapes"]),
-        image_size=options.image_size(flags["image_size"]),
-        mean=options.floats(flags["mean"], "--mean") or (0.0,),
-        std=options.floats(flags["std"], "--std") or (1.0,),
+        image_size=flags["image_size"],
+        mean=flags["mean"] or (0.0,),
+        std=flags["std"] or (1.0,),
         export_structure=flags["export_structure"],
         baseline=flags["baseline"],
     )

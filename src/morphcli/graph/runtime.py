@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
@@ -10,14 +12,17 @@ from onnx import helper
 
 from morphcli.ops.base import Shape
 
-# Graph-optimizer chatter (e.g. "cannot remove node") is noise for users: errors only.
-ort.set_default_logger_severity(3)
+# onnxruntime logs its own errors, in colour and with the node's raw name, to the process's
+# stderr before raising them; we report each error once, as one line. Its log is on
+# (warnings and up) with MORPHCLI_DEBUG=1.
+LOG_SEVERITY = 1 if os.environ.get("MORPHCLI_DEBUG") else 4
+ort.set_default_logger_severity(LOG_SEVERITY)
 
 
 def session(proto: onnx.ModelProto, threads: int = 0) -> ort.InferenceSession:
     """A CPU inference session for an in-memory model."""
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = LOG_SEVERITY
     if threads:
         options.intra_op_num_threads = threads
     return ort.InferenceSession(

@@ -14,7 +14,6 @@ Without validation data the training set is split: ``VAL_FRACTION`` of it is hel
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from morphcli.errors import MorphError
+from morphcli.learn.datacheck import READ_ERRORS, call_dataset, check_npz, read_image
 
 VAL_FRACTION = 0.1
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
@@ -62,10 +62,17 @@ class ImageFolder(Dataset):
             (path, label)
             for label, name in enumerate(classes)
             for path in sorted((root / name).rglob("*"))
-            if path.suffix.lower() in IMAGE_SUFFIXES
+            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
         ]
         if not self.items:
             raise MorphError("no images in class subfolders", file=str(root))
+        if options.channels not in (1, 3, 4):
+            raise MorphError(
+                f"images feed 1, 3 or 4 input channels, the model takes {options.channels}"
+            )
+        if not {len(options.mean), len(options.std)} <= {1, options.channels}:
+            raise MorphError(f"--mean and --std take 1 or {options.channels} values")
+        self.labels = np.array([label for _, label in self.items], dtype=np.int64)
         self.options = options
         mean = np.asarray(options.mean, np.float32).reshape(-1, 1, 1)
         std = np.asarray(options.std, np.float32).reshape(-1, 1, 1)
@@ -75,13 +82,12 @@ class ImageFolder(Dataset):
         return len(self.items)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from PIL import Image
-
         path, label = self.items[index]
         mode = {1: "L", 3: "RGB", 4: "RGBA"}[self.options.channels]
         height, width = self.options.size
-        with Image.open(path) as image:
-            pixels = np.asarray(image.convert(mode).resize((width, height)), dtype=np.float32)
+        pixels = read_image(
+            path, lambda image: np.asarray(image.convert(mode).resize((width, height)), np.float32)
+        )
         array = pixels.reshape(height, width, -1).transpose(2, 0, 1) / 255.0
         array = (array - self._mean) / self._std
         return torch.from_numpy(np.ascontiguousarray(array)), torch.tensor(label)
@@ -94,21 +100,22 @@ def _labels(values: np.ndarray, where: str) -> torch.Tensor:
 
 
 def _arrays(x: np.ndarray, y: np.ndarray | None, where: str) -> Dataset:
-    if not np.issubdtype(x.dtype, np.number):
-        raise MorphError(f"inputs must be numbers, got {x.dtype}", file=where)
+    if not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x) or x.ndim == 0:
+        raise MorphError(f"inputs must be an array of real numbers, got {x.dtype}", file=where)
     inputs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     if y is None:
         return TensorDataset(inputs)
-    if len(y) != len(x):
-        raise MorphError(f"{len(x)} inputs but {len(y)} labels", file=where)
+    if np.ndim(y) == 0 or len(y) != len(x):
+        raise MorphError(f"{len(x)} inputs but {np.size(y)} labels", file=where)
     return TensorDataset(inputs, _labels(np.asarray(y), where))
 
 
 def _npz(path: Path) -> tuple[Dataset, Dataset | None]:
+    check_npz(path)
     try:
         with np.load(path, allow_pickle=False) as arrays:
             found = {k: arrays[k] for k in arrays.files}
-    except (OSError, ValueError) as error:
+    except READ_ERRORS as error:
         raise MorphError(f"not a readable .npz file ({error})", file=str(path)) from None
     if "x" not in found:
         raise MorphError(f"no array 'x' (has {', '.join(found) or 'none'})", file=str(path))
@@ -120,17 +127,9 @@ def _npz(path: Path) -> tuple[Dataset, Dataset | None]:
 
 
 def _callable(spec: str) -> Dataset:
-    module_name, _, function_name = spec.partition(":")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    try:
-        function = getattr(importlib.import_module(module_name), function_name)
-    except (ImportError, AttributeError) as error:
-        raise MorphError(f"--data {spec}: cannot load it ({error})") from None
-    dataset = function()
-    if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
-        raise MorphError(f"--data {spec}: returned {type(dataset).__name__}, not a Dataset")
-    return dataset
+    return call_dataset(spec)
 
 
 def read_source(spec: str, images: ImageOptions) -> tuple[Dataset, Dataset | None]:
@@ -158,7 +157,10 @@ def check_fits(dataset: Dataset, sample_shape: tuple[int, ...], what: str) -> bo
     """Raise if samples do not have the model input's per-sample shape; say if labelled."""
     if len(dataset) == 0:
         raise MorphError(f"{what} is empty")
-    x, y = _first(dataset)
+    try:
+        x, y = _first(dataset)
+    except (TypeError, ValueError, RuntimeError, IndexError) as error:
+        raise MorphError(f"{what}: items must be tensors or (x, y) pairs ({error})") from None
     if tuple(x.shape) != tuple(sample_shape):
         want = "x".join(str(d) for d in sample_shape)
         raise MorphError(

@@ -171,14 +171,22 @@ class MorphNetPenalty:
             ``module.tensor(name)`` the live parameters.
         resource: "flops" or "params". Defaults to "flops".
         mode: "auto", "gamma" or "group_lasso" (see the module docstring). Defaults to "auto".
+        scales: Every group's scale ``s`` (see the module docstring). Defaults to the means of
+            the module's current ``p``.
     """
 
-    def __init__(self, module: torch.nn.Module, resource: str = "flops", mode: str = "auto"):
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        resource: str = "flops",
+        mode: str = "auto",
+        scales: np.ndarray | None = None,
+    ):
         from morphcli.graph.builder import build_channel_graph
 
         model = module.model
         cg = build_channel_graph(model)
-        self._setup(cg, build_cost_model(model, cg), module.tensor, resource, mode)
+        self._setup(cg, build_cost_model(model, cg), module.tensor, resource, mode, scales)
 
     @classmethod
     def over(
@@ -191,7 +199,7 @@ class MorphNetPenalty:
     ) -> MorphNetPenalty:
         """The penalty over an analysed graph, reading constants through ``tensor(name)``."""
         penalty = cls.__new__(cls)
-        penalty._setup(cg, cm, tensor, resource, mode)
+        penalty._setup(cg, cm, tensor, resource, mode, None)
         return penalty
 
     def _setup(
@@ -201,6 +209,7 @@ class MorphNetPenalty:
         tensor: Callable[[str], torch.Tensor],
         resource: str,
         mode: str,
+        scales: np.ndarray | None,
     ) -> None:
         if resource not in RESOURCES:
             raise ValueError(f"unknown resource {resource!r}: expected flops or params")
@@ -213,10 +222,10 @@ class MorphNetPenalty:
         self._table = cm.table(resource)
         self._tied = _tied_weights(cm, resource)
         self._weights_at: tuple[tuple[int, ...], np.ndarray] | None = None
-        with torch.no_grad():
-            self.scales = np.array(
-                [1.0 if p is None else max(float(p.mean()), 1e-12) for p in self.vectors()]
-            )
+        if scales is None:
+            with torch.no_grad():
+                scales = [1.0 if p is None else max(float(p.mean()), 1e-12) for p in self.vectors()]
+        self.scales = np.asarray(scales, dtype=np.float64)
 
     @property
     def sourced(self) -> np.ndarray:

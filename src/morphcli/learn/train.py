@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from morphcli.learn.finite import check_evaluation, check_step, check_weights, non_finite
 from morphcli.learn.objective import Objective, batch_parts, outputs_of
 from morphcli.learn.penalty import MorphNetPenalty
 from morphcli.learn.progress import Progress
@@ -110,6 +111,7 @@ def recalibrate(
     Surgery changes what every channel sums over, which stales them the same way.
     """
     was_training = module.training
+    settings = non_finite(module)
     module.train()
     done, epoch = 0, 0
     with torch.no_grad():
@@ -121,6 +123,7 @@ def recalibrate(
                     break
             epoch += 1
     module.train(was_training)
+    check_weights(module, "re-estimating the BN statistics", allowed=settings)
 
 
 def evaluate(
@@ -146,6 +149,7 @@ def evaluate(
             count += n
     module.train(was_training)
     objective.train(was_training)
+    check_evaluation(total / count)
     return total / count, (correct / count if labelled else None)
 
 
@@ -184,6 +188,8 @@ def fit(
     reference = None
     if penalty is not None:
         reference = penalty.cost_model.resource(penalty.resource)
+    settings = non_finite(module)
+    first_loss = None
     progress.start(label, total_steps, start_epoch * per_epoch, reference)
     try:
         for epoch in range(start_epoch, epochs):
@@ -197,6 +203,10 @@ def fit(
                     for param_group in optimizer.param_groups:
                         param_group["lr"] = schedule.lr_at(step, total_steps)
                 metrics = _step(module, batch, objective, optimizer, device, penalty, strength)
+                first_loss = metrics["loss"] if first_loss is None else first_loss
+                check_step(
+                    metrics, batch_parts(batch)[0], step, label, schedule.base_lr, first_loss
+                )
                 steps += 1
                 for key in sums:
                     sums[key] += metrics.get(key) or 0.0
@@ -209,6 +219,7 @@ def fit(
                 stats.penalty = sums["penalty"] / max(steps, 1)
                 stats.strength = strength.value
                 stats.alive_cost = penalty.cost()
+            check_weights(module, f"{label} epoch {epoch + 1}", schedule.base_lr, settings)
             history.append(stats)
             progress.epoch_done(stats, epochs)
             if on_epoch is not None:

@@ -14,6 +14,7 @@ from math import prod
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from morphcli.errors import MorphError
 from morphcli.ops.base import FlopTerm, OpRule, Shape, attr, he_normal, input_at, ints
 
 
@@ -73,6 +74,25 @@ def _pointwise(kernel: Sequence[int], node: gs.Node) -> bool:
     return all(int(k) == 1 for k in kernel) and not any(ints(attr(node, "pads", [])))
 
 
+def check_weight_fits(node: gs.Node, in_channels: int, transposed: bool = False) -> None:
+    """Refuse a conv whose weight and ``group`` do not fit its input channels (onnx's checker
+    and shape inference let these through; onnxruntime fails only when it runs them):
+    Conv needs Cin = W[1] * group and group | W[0]; ConvTranspose Cin = W[0], group | Cin."""
+    shape = [int(d) for d in node.inputs[1].shape]
+    group = int(attr(node, "group", 1))
+    if transposed:
+        fits = group >= 1 and in_channels == shape[0] and shape[0] % group == 0
+    else:
+        fits = group >= 1 and in_channels == shape[1] * group and shape[0] % group == 0
+    if not fits:
+        raise MorphError(
+            f"weight {'x'.join(map(str, shape))} with group {group} does not fit "
+            f"{in_channels} input channels",
+            node=node.name,
+            op=node.op,
+        )
+
+
 def _add_bias(node: gs.Node, delta: np.ndarray, ctx) -> None:
     """bias += delta, creating the bias input when the conv has none."""
     weight = node.inputs[1]
@@ -93,6 +113,7 @@ class ConvRule(OpRule):
             ctx.pin(out, "weights are computed, not constant")
             return
         out_channels, in_channels = int(weight.shape[0]), len(in_slots)
+        check_weight_fits(node, in_channels)
         group = int(attr(node, "group", 1))
         if group == 1:
             ctx.produce(out, out_channels)
@@ -182,6 +203,7 @@ class ConvTransposeRule(OpRule):
             ctx.pin(x, "weights are computed, not constant")
             ctx.pin(out, "weights are computed, not constant")
             return
+        check_weight_fits(node, len(ctx.channels(x)), transposed=True)
         ctx.produce(out, int(weight.shape[1]) * group)
         if group == 1:
             ctx.follow(1, 0, x, "in")

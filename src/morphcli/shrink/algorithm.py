@@ -20,7 +20,7 @@ import onnx
 import torch
 
 from morphcli.errors import EXIT_BUDGET, MorphError
-from morphcli.learn.checkpoint import BASELINE, DONE, FINETUNE, LEARN, ShrinkState, load_state
+from morphcli.learn.checkpoint import BASELINE, DONE, FINETUNE, LEARN, ShrinkState
 from morphcli.learn.penalty import MorphNetPenalty
 from morphcli.learn.progress import Progress
 from morphcli.learn.strength import Strength
@@ -30,7 +30,7 @@ from morphcli.report.format import human
 from morphcli.shrink.baseline import compare_with_uniform, uniform_start
 from morphcli.shrink.config import ShrinkConfig
 from morphcli.shrink.run import BAND_LOW, REPLICA_NOISE, Analysed, Run, fresh_state, prepare
-from morphcli.surgery.apply import Init, apply_copies
+from morphcli.surgery.apply import Init, apply_copies, check_result
 from morphcli.surgery.importance import class_importance
 from morphcli.surgery.structure import structure_doc
 from morphcli.surgery.widths import copies_for_width, multiplier_widths, target_multiplier, top_up
@@ -56,9 +56,10 @@ def _initial_strength(run: Run, penalty: MorphNetPenalty) -> Strength:
     return Strength.calibrated(penalty, goal, learn.base_lr, max(1, round(DEADLINE * steps)))
 
 
-def _train_learning(run: Run, state: ShrinkState, module, penalty, strength) -> None:
+def _train_learning(run: Run, state: ShrinkState, start: bytes, module, penalty, strength) -> None:
     """The round's structure-learning epochs, then, with lambda auto and while the alive cost
-    is over the target, up to as many again (lambda keeps rising while the cost stalls)."""
+    is over the target, up to as many again (lambda keeps rising while the cost stalls);
+    ``start`` is the round's starting model, kept in every checkpoint."""
     config, train = run.config, run.data.train
     epochs = config.learn.total_epochs(len(train))
     latest = {"optimizer": state.optimizer}
@@ -69,7 +70,7 @@ def _train_learning(run: Run, state: ShrinkState, module, penalty, strength) -> 
         run.checkpoint(
             ShrinkState(
                 LEARN, state.round, stats.epoch + 1, module.to_onnx().SerializeToString(),
-                state.report, latest["optimizer"], asdict(strength),
+                state.report, latest["optimizer"], asdict(strength), start=start,
             )
         )  # fmt: skip
 
@@ -97,11 +98,16 @@ def learn_round(run: Run, state: ShrinkState) -> ShrinkState:
     """Train with the penalty, then remove dead channels and expand to the target at once."""
     config, report = run.config, state.report
     started = time.perf_counter()
+    start = state.start or state.proto  # resumed mid-round, or the round's own start
+    scales = None
+    if state.start is not None:  # the penalty's scales are the starting model's
+        scales = MorphNetPenalty(run.module(start), config.resource, config.mode).scales
     module = run.module(state.proto)
-    penalty = MorphNetPenalty(module, config.resource, config.mode)
-    round_start = penalty.cost()
+    penalty = MorphNetPenalty(module, config.resource, config.mode, scales=scales)
     strength = Strength(**state.strength) if state.strength else _initial_strength(run, penalty)
-    _train_learning(run, state, module, penalty, strength)
+    initial = run.analyse(onnx.load_from_string(start))
+    round_start = initial.cm.resource(config.resource)
+    _train_learning(run, state, start, module, penalty, strength)
     recalibrate(module, run.data.train, config.learn.batch_size, run.device, config.learn.seed)
     name = f"round {state.round}"
     report["validation"][f"{name} learned"] = run.evaluate(module)
@@ -136,8 +142,9 @@ def learn_round(run: Run, state: ShrinkState) -> ShrinkState:
             f"with --round-to {config.round_to}",
             exit_code=EXIT_BUDGET,
         )
-    start = run.analyse(onnx.load_from_string(state.proto))
-    copies = expansion_copies(start, trained, shrunk, masks, widths)
+    copies = expansion_copies(
+        run.analyse(onnx.load_from_string(start)), trained, shrunk, masks, widths
+    )
     init = Init(noise=REPLICA_NOISE, seed=config.learn.seed + state.round)
     proto = apply_copies(trained.model, trained.cg, copies, init)
     expanded = shrunk.snapshot(f"{name} expanded", widths)
@@ -264,43 +271,54 @@ def finetune(run: Run, state: ShrinkState) -> ShrinkState:
 
 
 def run_shrink(config: ShrinkConfig, progress: Progress) -> dict:
-    """Algorithm 1 end to end; writes ``config.output`` and returns the report.
+    """Algorithm 1 end to end; writes ``config.output`` (and ``config.report``) and returns
+    the report. A run that fails removes what it created (an interrupted one keeps its
+    checkpoint for ``--resume``); the model is written only if it passes ``check_result``.
 
     Raises:
-        MorphError: bad input (exit 2), or a target that cannot be met (exit 1).
+        MorphError: bad input (exit 2), or a target that cannot be met or training that
+            diverged (exit 1).
     """
     torch.manual_seed(config.learn.seed)
     run = prepare(config, progress)
-    if config.resume:
-        state = load_state(config.work_dir, config.fingerprint())
-        progress.note(f"resuming from {state}")
-    else:
-        state = fresh_state(run)
-        run.checkpoint(state)
-    while state.phase == LEARN:
-        state = learn_round(run, state)
-    if state.phase == FINETUNE:
-        state = finetune(run, state)
-    if state.phase == BASELINE:
-        state = compare_with_uniform(run, state)
-    proto = onnx.load_from_string(state.result)
-    report = state.report
-    final = run.analyse(proto)
-    report["steps"].append(final.snapshot("final"))
-    reached = final.cm.resource(config.resource)
-    report["reached"] = round(reached)
-    report["fraction_of_target"] = reached / run.target
-    report["met"] = BAND_LOW * run.target <= reached <= run.target
-    report["reduction"] = reduction(report, reached)
-    report["time_s"]["total"] = sum(report["time_s"].values())
-    if not report["met"]:
-        raise MorphError(
-            f"the result costs {human(reached)} {run.unit}, {reached / run.target:.1%} of the "
-            f"target {human(run.target)}",
-            exit_code=EXIT_BUDGET,
-        )
-    save_model(proto, config.output)
-    if config.export_structure:
-        text = (json.dumps(structure_doc(final.model, final.cg), indent=2) + "\n").encode()
-        write_atomic(config.export_structure, lambda stream: stream.write(text))
+    with run.outputs:
+        if run.resumed is not None:
+            state = run.resumed
+            progress.note(f"resuming from {state}")
+        else:
+            state = fresh_state(run)
+            run.checkpoint(state)
+        while state.phase == LEARN:
+            state = learn_round(run, state)
+        if state.phase == FINETUNE:
+            state = finetune(run, state)
+        if state.phase == BASELINE:
+            state = compare_with_uniform(run, state)
+        proto = onnx.load_from_string(state.result)
+        report = state.report
+        final = run.analyse(proto)
+        report["steps"].append(final.snapshot("final"))
+        reached = final.cm.resource(config.resource)
+        report["reached"] = round(reached)
+        report["fraction_of_target"] = reached / run.target
+        report["met"] = BAND_LOW * run.target <= reached <= run.target
+        report["reduction"] = reduction(report, reached)
+        report["time_s"]["total"] = sum(report["time_s"].values())
+        if not report["met"]:
+            raise MorphError(
+                f"the result costs {human(reached)} {run.unit}, {reached / run.target:.1%} of "
+                f"the target {human(run.target)}",
+                exit_code=EXIT_BUDGET,
+            )
+        check_result(proto, run.model)
+        save_model(proto, config.output)
+        if config.export_structure:
+            _write_json(config.export_structure, structure_doc(final.model, final.cg))
+        if config.report:
+            _write_json(config.report, report)
     return report
+
+
+def _write_json(path: str, doc: dict) -> None:
+    text = (json.dumps(doc, indent=2) + "\n").encode()
+    write_atomic(path, lambda stream: stream.write(text))

@@ -29,6 +29,7 @@ class ShrinkConfig:
     distill_weight: float | None = None
     device: str = "cpu"
     work_dir: str = ""
+    report: str | None = None
     resume: bool = False
     input_shapes: dict[str, list[int]] | None = None
     image_size: tuple[int, int] | None = None

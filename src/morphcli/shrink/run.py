@@ -14,16 +14,23 @@ from morphcli.errors import EXIT_BUDGET, MorphError
 from morphcli.graph.builder import build_channel_graph
 from morphcli.graph.channels import ChannelGraph
 from morphcli.graph.model import Model, load_model, model_from_proto
-from morphcli.learn.checkpoint import LEARN, ShrinkState, save_state
+from morphcli.learn.checkpoint import LEARN, ShrinkState, load_state, save_state
 from morphcli.learn.data import DataSplit, ImageOptions, split_data
 from morphcli.learn.objective import Objective
 from morphcli.learn.progress import Progress
 from morphcli.learn.train import evaluate
 from morphcli.learn.wrapper import OnnxModule
-from morphcli.outputs import check_output_path
+from morphcli.outputs import OutputPlan
 from morphcli.report.format import human
 from morphcli.resources.cost import CostModel, build_cost_model
 from morphcli.resources.targets import parse_target
+from morphcli.shrink.checks import (
+    check_data_labels,
+    check_growth,
+    check_image_size,
+    check_outputs,
+    check_trainable,
+)
 from morphcli.shrink.config import ShrinkConfig
 from morphcli.surgery.widths import multiplier_widths
 
@@ -80,6 +87,8 @@ class Run:
     data: DataSplit
     objective: Objective
     device: str
+    outputs: OutputPlan
+    resumed: ShrinkState | None = None
 
     @property
     def unit(self) -> str:
@@ -95,7 +104,11 @@ class Run:
         return {name: list(shape) for name, shape in self.model.input_shapes.items()}
 
     def analyse(self, proto: onnx.ModelProto) -> Analysed:
-        return Analysed.of(model_from_proto(proto, self.config.model, self.input_shapes()))
+        """A model of this run, checked as the input is: the settings the input held as
+        non-finite stay allowed, and outputs must be finite where the input's are."""
+        model = model_from_proto(proto, self.config.model, self.input_shapes())
+        model.non_finite, model.reference = self.model.non_finite, self.model.reference
+        return Analysed.of(model)
 
     def evaluate(self, module: OnnxModule) -> dict[str, float | None]:
         loss, accuracy = evaluate(
@@ -117,13 +130,15 @@ def resolve_device(device: str) -> str:
 
 def prepare(config: ShrinkConfig, progress: Progress) -> Run:
     """Load the model, check the target against what can be reached, read the data."""
-    check_output_path(config.model, config.output)
-    model = load_model(config.model, config.input_shapes)
+    model = load_model(config.model, config.input_shapes, probe=True)
+    outputs = check_outputs(config, model)
+    resumed = load_state(config.work_dir, config.fingerprint()) if config.resume else None
     if len(model.graph.inputs) != 1:
         raise MorphError(
             f"shrink trains models with one input; this one has {len(model.graph.inputs)}",
             file=config.model,
         )
+    check_trainable(model)
     analysed = Analysed.of(model)
     flag = f"--target-{config.resource}"
     target = parse_target(config.target, analysed.cm.resource(config.resource), flag)
@@ -136,7 +151,9 @@ def prepare(config: ShrinkConfig, progress: Progress) -> Run:
             file=config.model,
             exit_code=EXIT_BUDGET,
         )
+    check_growth(analysed, config, target, flag)
     (shape,) = model.input_shapes.values()
+    check_image_size(config, shape)
     images = ImageOptions(
         channels=shape[1],
         size=config.image_size or tuple(shape[2:4]),
@@ -144,10 +161,11 @@ def prepare(config: ShrinkConfig, progress: Progress) -> Run:
         std=config.std,
     )
     data = split_data(config.data, config.val_data, tuple(shape[1:]), images, config.learn.seed)
+    check_data_labels(config, model, data)
     device = resolve_device(config.device)
     objective = _objective(config, data, model)
     progress.note(f"data: {data}; loss: {_loss_name(objective)}")
-    return Run(config, progress, model, target, data, objective, device)
+    return Run(config, progress, model, target, data, objective, device, outputs, resumed)
 
 
 def _objective(config: ShrinkConfig, data: DataSplit, model: Model) -> Objective:

@@ -11,13 +11,13 @@ import onnx
 from morphcli.errors import MorphError
 from morphcli.graph.builder import build_channel_graph
 from morphcli.graph.model import Model, load_model
-from morphcli.outputs import check_output_path
 from morphcli.resources.cost import build_cost_model
+from morphcli.resources.memory import check_widths_fit
 from morphcli.resources.targets import parse_target
 from morphcli.surgery.apply import PRESERVE, Init
 from morphcli.surgery.importance import class_importance
 from morphcli.surgery.widths import copies_for_widths, multiplier_widths, target_multiplier
-from morphcli.surgery.write import write_result
+from morphcli.surgery.write import check_output, write_result
 
 
 def run_expand(
@@ -50,7 +50,6 @@ def run_expand(
     Raises:
         MorphError: bad input (exit 2) or an unreachable target (exit 1).
     """
-    check_output_path(model_path, output_path)
     if (multiplier is None) == (target is None):
         raise MorphError("give one of --multiplier, --target-flops and --target-params")
     if round_to < 1:
@@ -59,15 +58,19 @@ def run_expand(
     if init.mode != PRESERVE and init.noise:
         raise MorphError("--noise applies to --init preserve (random channels need no noise)")
     model = load_model(model_path, input_shapes)
+    check_output(model, output_path)
     cg = build_channel_graph(model)
     cm = build_cost_model(model, cg)
     extra: dict[str, Any] = {}
+    cause = f"--multiplier {multiplier:g}" if multiplier is not None else ""
     if target is not None:
         kind, text = target
         value = parse_target(text, cm.resource(kind), f"--target-{kind}")
         multiplier = target_multiplier(cm, cg, kind, value, round_to)
         extra["target"] = {"kind": kind, "value": round(value)}
+        cause = f"--target-{kind} {text}"
     widths = multiplier_widths(cg, multiplier, round_to)
+    check_widths_fit(model, cg, cm, widths, cause)
     copies = copies_for_widths(cg, class_importance(model, cg), widths)
     return write_result(
         "expand",

@@ -18,13 +18,12 @@ from morphcli.errors import EXIT_BUDGET, MorphError
 from morphcli.graph.builder import build_channel_graph
 from morphcli.graph.channels import ChannelGraph
 from morphcli.graph.model import Model, load_model
-from morphcli.outputs import check_output_path
 from morphcli.resources.cost import CostModel, build_cost_model
 from morphcli.resources.targets import parse_target
 from morphcli.surgery.dead import find_dead
 from morphcli.surgery.importance import class_importance
 from morphcli.surgery.widths import copies_for_widths, ratio_widths
-from morphcli.surgery.write import write_result
+from morphcli.surgery.write import check_output, write_result
 
 # A target is met when the result costs between this fraction of it and all of it.
 LANDING = 0.98
@@ -184,7 +183,6 @@ def run_prune(
     Raises:
         MorphError: bad input (exit 2) or an unreachable target (exit 1).
     """
-    check_output_path(model_path, output_path)
     if target is not None and ratio is not None:
         raise MorphError("give one of --target-flops, --target-params and --ratio")
     if round_to < 1:
@@ -192,6 +190,7 @@ def run_prune(
     if threshold < 0:
         raise MorphError(f"bad --threshold {threshold}: must be >= 0")
     model = load_model(model_path, input_shapes)
+    check_output(model, output_path)
     cg = build_channel_graph(model)
     cm = build_cost_model(model, cg)
     if target is not None:

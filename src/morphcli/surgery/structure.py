@@ -27,11 +27,10 @@ from morphcli.graph.builder import build_channel_graph
 from morphcli.graph.channels import ChannelGraph
 from morphcli.graph.model import Model, load_model
 from morphcli.ops import rule_for
-from morphcli.outputs import check_output_path
 from morphcli.resources.cost import build_cost_model
 from morphcli.surgery.importance import class_importance
 from morphcli.surgery.widths import copies_for_widths
-from morphcli.surgery.write import write_result
+from morphcli.surgery.write import check_output, write_result
 
 FORMAT = "morphnet-structure/1"
 INHERIT, SCRATCH = "inherit", "scratch"
@@ -161,11 +160,11 @@ def run_apply(
     Returns:
         The width report (as ``prune`` and ``expand`` give).
     """
-    check_output_path(model_path, output_path)
     if init not in (INHERIT, SCRATCH):
         raise MorphError(f"bad --init {init!r}: expected {INHERIT} or {SCRATCH}")
     doc = read_structure(structure_path)
     model = load_model(model_path, input_shapes)
+    check_output(model, output_path)
     cg = build_channel_graph(model)
     cm = build_cost_model(model, cg)
     widths = structure_widths(doc, cg, structure_path)

@@ -13,10 +13,17 @@ import onnx
 from morphcli.graph.builder import build_channel_graph
 from morphcli.graph.channels import ChannelGraph
 from morphcli.graph.model import Model, model_from_proto
-from morphcli.outputs import save_model
+from morphcli.outputs import OutputPlan, save_model
 from morphcli.report.widths import width_report
 from morphcli.resources.cost import CostModel, build_cost_model
-from morphcli.surgery.apply import Init, apply_copies
+from morphcli.surgery.apply import Init, apply_copies, check_result
+
+
+def check_output(model: Model, output_path: str) -> None:
+    """``-o`` through the one output check (``OutputPlan``), against the model's files."""
+    plan = OutputPlan(model.input_files())
+    plan.add("-o", output_path)
+    plan.check()
 
 
 def costs(cm: CostModel) -> dict[str, float]:
@@ -45,6 +52,7 @@ def write_result(
     result = model_from_proto(proto, output_path, model.input_shapes)
     if finish is not None:
         proto = finish(result)
+        check_result(proto, model)
     after = costs(build_cost_model(result, build_channel_graph(result)))
     if extra.get("target"):
         extra["target"]["reached"] = round(after[extra["target"]["kind"]])
