@@ -7,6 +7,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 import click
+from rich.console import Console
 
 from morphcli.cli import options
 from morphcli.cli.common import (
@@ -121,7 +122,36 @@ if TYPE_CHECKING:
 @click.option(
     "--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"])
 )
-@click.option("--threads", type=click.IntRange(1), help="CPU threads for torch.")
+@click.option("--threads", type=click.IntRange(1), help="CPU threads for torch (per process).")
+@click.option(
+    "--precision",
+    default="fp32",
+    show_default=True,
+    type=click.Choice(["fp32", "bf16", "fp16"]),
+    help="Training forward precision (autocast; fp16 with loss scaling, CUDA only). The "
+    "penalty, BN statistics and the written weights stay fp32.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(0),
+    help="Data loader processes per training process (default: from the CPU count; 0 for "
+    "arrays in memory).",
+)
+@click.option(
+    "--augment",
+    default="none",
+    show_default=True,
+    type=click.Choice(["none", "flip", "crop-flip"]),
+    help="Training augmentation of folder images: horizontal flip, or random resized crop "
+    "and flip (validation: resize and center crop).",
+)
+@click.option(
+    "--sync-bn",
+    is_flag=True,
+    help="Under torchrun: normalise training batches with the statistics of the whole "
+    "global batch, not each process's share.",
+)
+@click.option("--compile", "compile_", is_flag=True, help="Train through torch.compile.")
 @click.option(
     "--work-dir",
     type=click.Path(file_okay=False),
@@ -145,6 +175,7 @@ def shrink(model_path: str, output: str, **flags: Any) -> None:
     """MorphNet: learn where channels matter, then fit the model to a FLOPs or params budget."""
     import torch
 
+    from morphcli.learn.distributed import start_world
     from morphcli.learn.progress import Progress
     from morphcli.outputs import write_atomic
     from morphcli.report.shrink import render_shrink
@@ -153,14 +184,21 @@ def shrink(model_path: str, output: str, **flags: Any) -> None:
     config = config_from_flags(model_path, output, flags)
     if flags["threads"]:
         torch.set_num_threads(flags["threads"])
+    world = start_world(config.device)
+    # Under torchrun only rank 0 shows progress and writes.
     try:
-        report = run_shrink(config, Progress(stderr))
+        report = run_shrink(config, Progress(stderr if world.main else Console(quiet=True)), world)
     except KeyboardInterrupt:
-        stderr.print(
-            f"[red]interrupted[/red]: the last checkpoint is in {config.work_dir}; "
-            "continue with --resume"
-        )
+        if world.main:
+            stderr.print(
+                f"[red]interrupted[/red]: the last checkpoint is in {config.work_dir}; "
+                "continue with --resume"
+            )
         sys.exit(130)
+    finally:
+        world.close()
+    if not world.main:
+        return
     if flags["report_path"]:
         text = (json.dumps(report, indent=2) + "\n").encode()
         write_atomic(flags["report_path"], lambda stream: stream.write(text))
@@ -209,4 +247,9 @@ def config_from_flags(model_path: str, output: str, flags: dict[str, Any]) -> Sh
         mean=options.floats(flags["mean"], "--mean") or (0.0,),
         std=options.floats(flags["std"], "--std") or (1.0,),
         export_structure=flags["export_structure"],
+        precision=flags["precision"],
+        workers=flags["workers"],
+        sync_bn=flags["sync_bn"],
+        compile=flags["compile_"],
+        augment=flags["augment"],
     )

@@ -150,14 +150,25 @@ class MorphNetPenalty:
             ``module.tensor(name)`` the live parameters.
         resource: "flops" or "params". Defaults to "flops".
         mode: "auto", "gamma" or "group_lasso" (see the module docstring). Defaults to "auto".
+        agree: Maps every group's ``p`` values (one float64 array, all groups' sources
+            concatenated) to the values that decide which channels are alive; under
+            DistributedDataParallel, the mean over processes (``World.mean``), so every
+            process counts the same alive channels. Defaults to None (the values as they are).
     """
 
-    def __init__(self, module: torch.nn.Module, resource: str = "flops", mode: str = "auto"):
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        resource: str = "flops",
+        mode: str = "auto",
+        agree: Callable[[np.ndarray], np.ndarray] | None = None,
+    ):
         from morphcli.graph.builder import build_channel_graph
 
         model = module.model
         cg = build_channel_graph(model)
         self._setup(cg, build_cost_model(model, cg), module.tensor, resource, mode)
+        self.agree = agree
 
     @classmethod
     def over(
@@ -171,6 +182,7 @@ class MorphNetPenalty:
         """The penalty over an analysed graph, reading constants through ``tensor(name)``."""
         penalty = cls.__new__(cls)
         penalty._setup(cg, cm, tensor, resource, mode)
+        penalty.agree = None
         return penalty
 
     def _setup(
@@ -203,16 +215,21 @@ class MorphNetPenalty:
         return [[s.vector(self._tensor(s.const)) for s in sources] for sources in self.sources]
 
     def _masks(self, members: list[list[torch.Tensor]]) -> list[np.ndarray]:
+        values = [[v.detach().double().cpu().numpy() for v in vectors] for vectors in members]
+        if self.agree is not None:
+            flat = [array for arrays in values for array in arrays]
+            agreed = self.agree(np.concatenate(flat) if flat else np.zeros(0))
+            values = _split_like(agreed, values)
         masks = []
         for group, sources, vectors in zip(
-            self.channel_graph.groups, self.sources, members, strict=True
+            self.channel_graph.groups, self.sources, values, strict=True
         ):
             if not sources:
                 masks.append(np.ones(group.width, dtype=bool))
                 continue
             mask = np.zeros(group.width, dtype=bool)
             for source, vector in zip(sources, vectors, strict=True):
-                mask |= source.alive(vector.detach().double().cpu().numpy())
+                mask |= source.alive(vector)
             masks.append(mask)
         return masks
 
@@ -252,6 +269,14 @@ class MorphNetPenalty:
             if p is not None and weights[gid] != 0.0
         ]
         return torch.stack(terms).sum() if terms else torch.zeros(())
+
+
+def _split_like(flat: np.ndarray, nested: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
+    """``flat`` cut back into ``nested``'s arrays, in order."""
+    out, start = [], 0
+    for arrays in nested:
+        out.append([flat[start : (start := start + len(a))] for a in arrays])
+    return out
 
 
 def _max_of(vectors: list[torch.Tensor]) -> torch.Tensor | None:

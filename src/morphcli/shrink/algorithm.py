@@ -7,6 +7,11 @@ Each round trains ``task + lambda * penalty`` (``learn``), removes every group's
 Net2WiderNet replicas with symmetry-breaking noise in the consumers, so the function is
 unchanged. After the last round the structure is fine-tuned without the penalty. State is
 checkpointed after every epoch (``checkpoint``).
+
+Under ``torchrun`` every process runs this same algorithm on its share of the data: alive
+channels and lambda come from values averaged over processes, the structure after each
+surgery is compared across processes (a difference stops the run), and only rank 0 writes
+checkpoints, the model and the structure file.
 """
 
 from __future__ import annotations
@@ -21,10 +26,11 @@ import torch
 
 from morphcli.errors import EXIT_BUDGET, MorphError
 from morphcli.learn.checkpoint import FINETUNE, LEARN, ShrinkState, load_state
+from morphcli.learn.distributed import World, structure_digest
 from morphcli.learn.penalty import MorphNetPenalty
 from morphcli.learn.progress import Progress
 from morphcli.learn.strength import Strength
-from morphcli.learn.train import fit, recalibrate
+from morphcli.learn.train import EpochStats, fit, recalibrate
 from morphcli.outputs import save_model, write_atomic
 from morphcli.report.format import human
 from morphcli.shrink.config import ShrinkConfig
@@ -62,6 +68,7 @@ def _train_learning(run: Run, state: ShrinkState, module, penalty, strength) -> 
 
     def on_epoch(stats, optimizer) -> None:
         latest["optimizer"] = optimizer.state_dict()
+        _count_images(state.report, f"round {state.round} learn", stats)
         run.checkpoint(
             ShrinkState(
                 LEARN, state.round, stats.epoch + 1, module.to_onnx().SerializeToString(),
@@ -84,7 +91,7 @@ def _train_learning(run: Run, state: ShrinkState, module, penalty, strength) -> 
         fit(
             module, train, run.objective, schedule, run.device, run.progress, label,
             penalty=penalty, strength=strength, start_epoch=epoch,
-            optimizer_state=latest["optimizer"], on_epoch=on_epoch,
+            optimizer_state=latest["optimizer"], on_epoch=on_epoch, execution=run.execution,
         )  # fmt: skip
         epoch = schedule.total_epochs(len(train))
 
@@ -94,11 +101,15 @@ def learn_round(run: Run, state: ShrinkState) -> ShrinkState:
     config, report = run.config, state.report
     started = time.perf_counter()
     module = run.module(state.proto)
-    penalty = MorphNetPenalty(module, config.resource, config.mode)
+    agree = run.world.mean if run.world.distributed else None
+    penalty = MorphNetPenalty(module, config.resource, config.mode, agree=agree)
     start_cost = penalty.cost_model.resource(config.resource)
     strength = Strength(**state.strength) if state.strength else _initial_strength(run, start_cost)
     _train_learning(run, state, module, penalty, strength)
-    recalibrate(module, run.data.train, config.learn.batch_size, run.device, config.learn.seed)
+    recalibrate(
+        module, run.data.train, config.learn.batch_size, run.device, config.learn.seed,
+        execution=run.execution,
+    )  # fmt: skip
     name = f"round {state.round}"
     report["validation"][f"{name} learned"] = run.evaluate(module)
     report["time_s"][f"{name} learn"] = time.perf_counter() - started
@@ -135,6 +146,7 @@ def learn_round(run: Run, state: ShrinkState) -> ShrinkState:
     copies = copies_for_widths(shrunk.cg, class_importance(shrunk.model, shrunk.cg), widths)
     init = Init(noise=REPLICA_NOISE, seed=config.learn.seed + state.round)
     proto = apply_copies(shrunk.model, shrunk.cg, copies, init)
+    run.world.check_identical(f"the structure after {name}'s surgery", structure_digest(proto))
     expanded = shrunk.snapshot(f"{name} expanded", widths)
     expanded["multiplier"] = omega
     report["steps"].append(expanded)
@@ -161,6 +173,7 @@ def finetune(run: Run, state: ShrinkState) -> onnx.ModelProto:
     schedule = replace(config.learn, epochs=config.finetune_epochs, steps=None, cosine=True)
 
     def on_epoch(stats, optimizer) -> None:
+        _count_images(report, "finetune", stats)
         proto = module.to_onnx().SerializeToString()
         run.checkpoint(
             ShrinkState(FINETUNE, state.round, stats.epoch + 1, proto, report,
@@ -170,26 +183,39 @@ def finetune(run: Run, state: ShrinkState) -> onnx.ModelProto:
     fit(
         module, run.data.train, run.objective, schedule, run.device, run.progress, "fine-tune",
         start_epoch=state.epoch, optimizer_state=state.optimizer, on_epoch=on_epoch,
+        execution=run.execution,
     )  # fmt: skip
     report["validation"]["final"] = run.evaluate(module)
     report["time_s"]["finetune"] = time.perf_counter() - started
     return module.to_onnx()
 
 
-def run_shrink(config: ShrinkConfig, progress: Progress) -> dict:
-    """Algorithm 1 end to end; writes ``config.output`` and returns the report.
+def _count_images(report: dict, phase: str, stats: EpochStats) -> None:
+    """Add an epoch's images and seconds to the phase's throughput in the report."""
+    seen = report["throughput"].setdefault(phase, {"images": 0, "seconds": 0.0})
+    seen["images"] += stats.images
+    seen["seconds"] += stats.seconds
+    seen["images_per_s"] = seen["images"] / seen["seconds"] if seen["seconds"] else 0.0
+
+
+def run_shrink(config: ShrinkConfig, progress: Progress, world: World | None = None) -> dict:
+    """Algorithm 1 end to end; writes ``config.output`` (rank 0 of ``world``) and returns
+    the report.
 
     Raises:
         MorphError: bad input (exit 2), or a target that cannot be met (exit 1).
     """
-    torch.manual_seed(config.learn.seed)
-    run = prepare(config, progress)
+    run = prepare(config, progress, world)
+    # Ranks draw different dropout masks; everything structural is seeded on its own.
+    torch.manual_seed(config.learn.seed + run.world.rank)
     if config.resume:
-        state = load_state(config.work_dir, config.fingerprint())
+        state = run.world.from_main(lambda: load_state(config.work_dir, config.fingerprint()))
         progress.note(f"resuming from {state}")
     else:
         state = fresh_state(run)
         run.checkpoint(state)
+    state.report["training"] = run.execution.describe()
+    progress.note(f"training: {run.execution}")
     while state.phase == LEARN:
         state = learn_round(run, state)
     proto = finetune(run, state)
@@ -207,6 +233,8 @@ def run_shrink(config: ShrinkConfig, progress: Progress) -> dict:
             f"target {human(run.target)}",
             exit_code=EXIT_BUDGET,
         )
+    if not run.world.main:
+        return report
     save_model(proto, config.output)
     if config.export_structure:
         text = (json.dumps(structure_doc(final.model, final.cg), indent=2) + "\n").encode()

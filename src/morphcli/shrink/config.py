@@ -35,6 +35,11 @@ class ShrinkConfig:
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
     export_structure: str | None = None
+    precision: str = "fp32"
+    workers: int | None = None
+    sync_bn: bool = False
+    compile: bool = False
+    augment: str = "none"
 
     def fingerprint(self) -> dict:
         return {

@@ -1,5 +1,6 @@
 """What stays fixed during a shrink run: the input model, the target, the data, the loss and
-the device, read and checked once up front (``prepare``)."""
+how training runs (device, processes, precision, loader workers), read and checked once up
+front (``prepare``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-import torch
 
 from morphcli.errors import EXIT_BUDGET, MorphError
 from morphcli.graph.builder import build_channel_graph
@@ -16,7 +16,11 @@ from morphcli.graph.channels import ChannelGraph
 from morphcli.graph.model import Model, load_model, model_from_proto
 from morphcli.learn.checkpoint import LEARN, ShrinkState, save_state
 from morphcli.learn.data import DataSplit, ImageOptions, split_data
+from morphcli.learn.distributed import World, resolve_device
+from morphcli.learn.execution import Execution
+from morphcli.learn.loading import default_workers, local_batch_size
 from morphcli.learn.objective import Objective
+from morphcli.learn.precision import Precision
 from morphcli.learn.progress import Progress
 from morphcli.learn.train import evaluate
 from morphcli.learn.wrapper import OnnxModule
@@ -67,7 +71,8 @@ class Analysed:
 
 @dataclass
 class Run:
-    """What stays fixed during a run: the input model, the target, data, loss and device."""
+    """What stays fixed during a run: the input model, the target, data, loss and how it
+    trains (``execution``: the device, the processes, precision and loader workers)."""
 
     config: ShrinkConfig
     progress: Progress
@@ -75,7 +80,15 @@ class Run:
     target: float
     data: DataSplit
     objective: Objective
-    device: str
+    execution: Execution
+
+    @property
+    def world(self) -> World:
+        return self.execution.world
+
+    @property
+    def device(self) -> str:
+        return self.execution.world.device
 
     @property
     def unit(self) -> str:
@@ -95,24 +108,32 @@ class Run:
 
     def evaluate(self, module: OnnxModule) -> dict[str, float | None]:
         loss, accuracy = evaluate(
-            module, self.data.val, self.objective, self.config.learn.batch_size, self.device
-        )
+            module, self.data.val, self.objective, self.config.learn.batch_size, self.device,
+            execution=self.execution,
+        )  # fmt: skip
         return {"loss": loss, "accuracy": accuracy}
 
     def checkpoint(self, state: ShrinkState) -> None:
-        save_state(self.config.work_dir, self.config.fingerprint(), state)
+        """Save ``state`` (the main process alone writes)."""
+        if self.world.main:
+            save_state(self.config.work_dir, self.config.fingerprint(), state)
 
 
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise MorphError("--device cuda: no CUDA device is available")
-    return device
+def _execution(config: ShrinkConfig, world: World, data: DataSplit) -> Execution:
+    """How to train: ``--precision`` checked against the device, the global batch against
+    the number of processes, ``--workers`` or its default."""
+    precision = Precision.for_device(config.precision, world.device)
+    local_batch_size(config.learn.batch_size, world)
+    workers = config.workers
+    if workers is None:
+        workers = default_workers(data.train, world.size)
+    return Execution(world, precision, workers, config.sync_bn, config.compile)
 
 
-def prepare(config: ShrinkConfig, progress: Progress) -> Run:
-    """Load the model, check the target against what can be reached, read the data."""
+def prepare(config: ShrinkConfig, progress: Progress, world: World | None = None) -> Run:
+    """Load the model, check the target against what can be reached, read the data, settle
+    how to train (in ``world``; default: this process alone on ``config.device``)."""
+    world = world or World(device=resolve_device(config.device))
     check_output_path(config.model, config.output)
     model = load_model(config.model, config.input_shapes)
     if len(model.graph.inputs) != 1:
@@ -138,15 +159,16 @@ def prepare(config: ShrinkConfig, progress: Progress) -> Run:
         size=config.image_size or tuple(shape[2:4]),
         mean=config.mean,
         std=config.std,
+        augment=config.augment,
     )
     data = split_data(config.data, config.val_data, tuple(shape[1:]), images, config.learn.seed)
-    device = resolve_device(config.device)
-    objective = _objective(config, data, model)
+    execution = _execution(config, world, data)
+    objective = _objective(config, data, model, world.device)
     progress.note(f"data: {data}; loss: {_loss_name(objective)}")
-    return Run(config, progress, model, target, data, objective, device)
+    return Run(config, progress, model, target, data, objective, execution)
 
 
-def _objective(config: ShrinkConfig, data: DataSplit, model: Model) -> Objective:
+def _objective(config: ShrinkConfig, data: DataSplit, model: Model, device: str) -> Objective:
     """Cross entropy on labels, distillation from the input model without them (or with
     ``--loss distill``), or both mixed by ``--distill-weight``."""
     if config.loss == "ce" and not data.labelled:
@@ -161,7 +183,7 @@ def _objective(config: ShrinkConfig, data: DataSplit, model: Model) -> Objective
     distills = config.loss == "distill" or (config.loss == "auto" and not data.labelled)
     if not distills and not weight:
         return Objective()
-    teacher = OnnxModule.from_onnx(model).to(resolve_device(config.device))
+    teacher = OnnxModule.from_onnx(model).to(device)
     teacher.eval().requires_grad_(False)
     return Objective(teacher, config.temperature, 1.0 if distills else weight)
 
@@ -187,6 +209,7 @@ def fresh_state(run: Run) -> ShrinkState:
         "validation": {"input": run.evaluate(run.module(proto))},
         "lambda": [],
         "time_s": {},
+        "throughput": {},
     }
     report["time_s"]["prepare"] = time.perf_counter() - started
     return ShrinkState(LEARN, 1, 0, proto, report)
