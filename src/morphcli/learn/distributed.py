@@ -107,16 +107,18 @@ class World:
                 exit_code=EXIT_INTERNAL,
             )
 
-    def wrap(self, module: nn.Module, broadcast_buffers: bool = True) -> nn.Module:
+    def wrap(self, module: nn.Module, sync_buffers: bool = True) -> nn.Module:
         """``module`` under DistributedDataParallel (gradients averaged over ranks), or
-        itself in a world of one. DDP starts every rank from rank 0's parameters."""
+        itself in a world of one. DDP starts every rank from rank 0's parameters and buffers;
+        ``sync_buffers`` also sends rank 0's buffers (BN running statistics) before every
+        forward."""
         if not self.distributed:
             return module
         from torch.nn.parallel import DistributedDataParallel
 
         device_ids = [self.local_rank] if self.device.startswith("cuda") else None
         return DistributedDataParallel(
-            module, device_ids=device_ids, broadcast_buffers=broadcast_buffers
+            module, device_ids=device_ids, forward_sync_buffers=sync_buffers
         )
 
     def sum_over_ranks(self, tensor: torch.Tensor) -> torch.Tensor:

@@ -88,7 +88,8 @@ class Execution:
         teacher = objective.teacher
         if teacher is not None:
             objective.teacher = self.precision.wrap(teacher)
-        model = self.world.wrap(self.precision.wrap(module), broadcast_buffers=not self.sync_bn)
+        # Synchronised BN updates the running statistics alike everywhere: nothing to send.
+        model = self.world.wrap(self.precision.wrap(module), sync_buffers=not self.sync_bn)
         if self.compile:
             model = torch.compile(model)
         try:
