@@ -1,10 +1,10 @@
 """The processes of a run: one without a launcher, or one per rank under ``torchrun``.
 
 ``start_world`` reads what ``torchrun`` sets (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``,
-``MASTER_ADDR``, ``MASTER_PORT``) and joins the process group: gloo on CPU, NCCL on CUDA,
-where each process takes the GPU of its local rank. Without those variables (or with a world
-of one) nothing is joined and every collective is the identity, so the same code runs in one
-process or many.
+``LOCAL_WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``) and joins the process group: gloo on
+CPU, NCCL on CUDA, where each process takes the GPU of its local rank. Without those
+variables (or with a world of one) nothing is joined and every collective is the identity,
+so the same code runs in one process or many.
 
 Every structural decision (which channels are alive, lambda's steering, when to stop) is taken
 by all ranks from the same all-reduced values, and the structure they reach is compared
@@ -41,6 +41,7 @@ class World:
     size: int = 1
     local_rank: int = 0
     device: str = "cpu"
+    local_size: int = 1  # processes on this machine
 
     def __str__(self) -> str:
         if self.size == 1:
@@ -209,7 +210,7 @@ def start_world(device: str) -> World:
         )
     except (RuntimeError, ValueError, OSError) as error:
         raise MorphError(f"cannot join the process group of {size} processes ({error})") from None
-    return World(rank, size, local_rank, where)
+    return World(rank, size, local_rank, where, _env_int("LOCAL_WORLD_SIZE", size))
 
 
 def structure_digest(proto: onnx.ModelProto) -> str:

@@ -12,9 +12,10 @@ rank (the ragged tail is dropped, so no rank waits for another at the end of an 
 Each sample is fetched with its epoch (``augment.epoch_key``), so random augmentation
 depends on (seed, epoch, sample) alone, not on which worker or process loads it.
 
-``--workers`` defaults to the CPUs this process may use, divided among the world's
-processes, less one for training itself (at most ``MAX_DEFAULT_WORKERS``), and to 0 for
-arrays already in memory, where a worker would only add copying between processes.
+``--workers`` defaults to the CPUs this process may use, divided among the training
+processes on this machine, less one for training itself (at most ``MAX_DEFAULT_WORKERS``),
+and to 0 for arrays already in memory, where a worker would only add copying between
+processes.
 """
 
 from __future__ import annotations
@@ -49,11 +50,12 @@ def in_memory(dataset: Dataset) -> bool:
     return isinstance(dataset, TensorDataset)
 
 
-def default_workers(dataset: Dataset, world_size: int) -> int:
-    """Loader workers for ``dataset`` when ``--workers`` is not given (see the module doc)."""
+def default_workers(dataset: Dataset, processes_here: int) -> int:
+    """Loader workers for ``dataset`` when ``--workers`` is not given, with
+    ``processes_here`` training processes on this machine (see the module doc)."""
     if in_memory(dataset):
         return 0
-    return max(0, min(MAX_DEFAULT_WORKERS, available_cpus() // world_size - 1))
+    return max(0, min(MAX_DEFAULT_WORKERS, available_cpus() // processes_here - 1))
 
 
 class _EpochKeys(Sampler):

@@ -126,7 +126,7 @@ def _execution(config: ShrinkConfig, world: World, data: DataSplit) -> Execution
     local_batch_size(config.learn.batch_size, world)
     workers = config.workers
     if workers is None:
-        workers = default_workers(data.train, world.size)
+        workers = default_workers(data.train, world.local_size)
     return Execution(world, precision, workers, config.sync_bn, config.compile)
 
 
