@@ -83,9 +83,13 @@ def test_two_processes_match_one_process_and_only_rank_0_writes(cli, fashion, tm
     assert "training: 2 processes on cpu (gloo), fp32" in result.stderr
 
 
-def _children(pid: int) -> list[int]:
-    with open(f"/proc/{pid}/task/{pid}/children") as stream:
-        return [int(child) for child in stream.read().split()]
+def _kill_workers(launcher: int) -> list[int]:
+    """SIGKILL the launcher's worker processes (its children); their pids."""
+    with open(f"/proc/{launcher}/task/{launcher}/children") as stream:
+        workers = [int(child) for child in stream.read().split()]
+    for worker in workers:
+        os.kill(worker, signal.SIGKILL)
+    return workers
 
 
 def _resume_args(data: str, out: Path, *extra: str) -> list[str]:
@@ -109,17 +113,20 @@ def test_resume_under_torchrun_after_killing_both_processes(fashion, tmp_path):
     # The first checkpoint is written before training, the next after epoch 1 (each atomic
     # write is a new file, so its inode changes): kill both workers as soon as it is there.
     deadline, first, killed = time.monotonic() + 240, None, []
-    while launcher.poll() is None and not killed:
-        assert time.monotonic() < deadline, "no epoch checkpoint within 4 minutes"
-        if checkpoint.exists():
-            stat = checkpoint.stat()
-            first = first or (stat.st_ino, stat.st_mtime_ns)
-            if (stat.st_ino, stat.st_mtime_ns) != first:
-                killed = _children(launcher.pid)
-                for worker in killed:
-                    os.kill(worker, signal.SIGKILL)
-        time.sleep(0.02)
-    stderr = launcher.communicate(timeout=120)[1]
+    try:
+        while launcher.poll() is None and not killed:
+            assert time.monotonic() < deadline, "no epoch checkpoint within 4 minutes"
+            if checkpoint.exists():
+                stat = checkpoint.stat()
+                first = first or (stat.st_ino, stat.st_mtime_ns)
+                if (stat.st_ino, stat.st_mtime_ns) != first:
+                    killed = _kill_workers(launcher.pid)
+            time.sleep(0.02)
+        stderr = launcher.communicate(timeout=120)[1]
+    finally:
+        if launcher.poll() is None:  # a failed assertion: leave no processes behind
+            _kill_workers(launcher.pid)
+            launcher.kill()
     assert len(killed) == 2, f"the run ended before its first epoch checkpoint: {stderr[-2000:]}"
     assert launcher.returncode != 0 and checkpoint.exists() and not out.exists()
     resumed = torchrun(*_resume_args(fashion["labelled"], out, "--resume"))

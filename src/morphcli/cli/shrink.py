@@ -187,7 +187,8 @@ def shrink(model_path: str, output: str, **flags: Any) -> None:
     world = start_world(config.device)
     # Under torchrun only rank 0 shows progress and writes.
     try:
-        report = run_shrink(config, Progress(stderr if world.main else Console(quiet=True)), world)
+        progress = Progress(stderr) if world.main else Progress(Console(quiet=True), live=False)
+        report = run_shrink(config, progress, world)
     except KeyboardInterrupt:
         if world.main:
             stderr.print(

@@ -14,8 +14,8 @@ depends on (seed, epoch, sample) alone, not on which worker or process loads it.
 
 ``--workers`` defaults to the CPUs this process may use, divided among the training
 processes on this machine, less one for training itself (at most ``MAX_DEFAULT_WORKERS``),
-and to 0 for arrays already in memory, where a worker would only add copying between
-processes.
+and to 0 for arrays (in memory or memory-mapped), where a batch is one read from memory or
+the page cache and a worker would only add copying between processes.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
-import numpy as np
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset, TensorDataset
 
 from morphcli.errors import MorphError
@@ -41,19 +40,17 @@ def available_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def in_memory(dataset: Dataset) -> bool:
-    """Whether samples are slices of tensors already in memory (nothing to load)."""
+def array_backed(dataset: Dataset) -> bool:
+    """Whether samples are rows of arrays (in memory or memory-mapped): nothing to decode."""
     while isinstance(dataset, Subset):
         dataset = dataset.dataset
-    if isinstance(dataset, ArrayDataset):
-        return not isinstance(dataset.x, np.memmap)
-    return isinstance(dataset, TensorDataset)
+    return isinstance(dataset, (ArrayDataset, TensorDataset))
 
 
 def default_workers(dataset: Dataset, processes_here: int) -> int:
     """Loader workers for ``dataset`` when ``--workers`` is not given, with
     ``processes_here`` training processes on this machine (see the module doc)."""
-    if in_memory(dataset):
+    if array_backed(dataset):
         return 0
     return max(0, min(MAX_DEFAULT_WORKERS, available_cpus() // processes_here - 1))
 
