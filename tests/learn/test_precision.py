@@ -1,12 +1,10 @@
 """Mixed precision: which combinations are refused, bf16 autocast on CPU with fp32 outputs and
-parameters, the fp16 loss scaler's skipped and taken steps, and the CUDA paths (skipped
-without a GPU)."""
+parameters, the fp16 loss scaler's skipped and taken steps; the compiled training module."""
 
 from __future__ import annotations
 
 import copy
 import io
-import json
 
 import numpy as np
 import pytest
@@ -14,7 +12,6 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from morphcli.cli import main
 from morphcli.errors import MorphError
 from morphcli.learn.execution import Execution
 from morphcli.learn.npz import ArrayDataset
@@ -26,7 +23,6 @@ from morphcli.learn.wrapper import OnnxModule
 from tests.conftest import SAMPLE_MODELS
 
 TRAINED = SAMPLE_MODELS / "resnet_fashion_trained.onnx"
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
 
 def test_fp16_on_a_cpu_is_refused_and_bf16_is_not():
@@ -78,47 +74,6 @@ def test_the_fp16_scaler_skips_overflowing_steps_and_takes_the_others():
     optimizer.zero_grad()
     precision.step(layer(torch.ones(2, 4)).sum(), optimizer)
     assert not torch.equal(layer.weight, before)
-
-
-def _short_shrink(cli, fashion, tmp_path, *extra):
-    args = [
-        "shrink", str(TRAINED), "-o", str(tmp_path / "o.onnx"), "--target-flops", "70%",
-        "--data", fashion["labelled"], "--steps", "3", "--batch-size", "32",
-        "--finetune-epochs", "1", "--threads", "1", "--json", *extra,
-    ]  # fmt: skip
-    return cli.invoke(main, args)
-
-
-def test_fp16_on_cpu_is_exit_2_with_one_line(cli, fashion, tmp_path):
-    result = _short_shrink(cli, fashion, tmp_path, "--device", "cpu", "--precision", "fp16")
-    assert result.exit_code == 2, result.output
-    assert "--precision fp16 needs CUDA" in result.stderr
-    assert not (tmp_path / "o.onnx").exists()
-
-
-def test_shrink_trains_in_bf16_on_cpu(cli, fashion, tmp_path):
-    result = _short_shrink(cli, fashion, tmp_path, "--device", "cpu", "--precision", "bf16")
-    assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout)
-    assert report["met"] and report["training"]["precision"] == "bf16"
-    assert report["throughput"]["round 1 learn"]["images_per_s"] > 0
-
-
-@cuda
-@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
-def test_shrink_trains_on_cuda(cli, fashion, tmp_path, precision):
-    result = _short_shrink(cli, fashion, tmp_path, "--device", "cuda", "--precision", precision)
-    assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout)
-    assert report["met"] and report["training"]["device"] == "cuda:0"
-    assert report["training"]["precision"] == precision
-
-
-@cuda
-def test_shrink_compiles_on_cuda(cli, fashion, tmp_path):
-    result = _short_shrink(cli, fashion, tmp_path, "--device", "cuda", "--compile")
-    assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["training"]["compile"]
 
 
 def test_compile_wraps_the_trained_module():

@@ -134,8 +134,8 @@ if TYPE_CHECKING:
 @click.option(
     "--workers",
     type=click.IntRange(0),
-    help="Data loader processes per training process (default: from the CPU count; 0 for "
-    "arrays in memory).",
+    help="Data loader processes per training process (default: from the CPU count for "
+    "images and module:function data; 0 for .npz arrays).",
 )
 @click.option(
     "--augment",

@@ -272,11 +272,10 @@ class MorphNetPenalty:
 
 
 def _split_like(flat: np.ndarray, nested: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
-    """``flat`` cut back into ``nested``'s arrays, in order."""
-    out, start = [], 0
-    for arrays in nested:
-        out.append([flat[start : (start := start + len(a))] for a in arrays])
-    return out
+    """``flat`` cut back into pieces the sizes of ``nested``'s arrays, in order."""
+    sizes = [len(array) for arrays in nested for array in arrays]
+    pieces = iter(np.split(flat, np.cumsum(sizes)[:-1]))
+    return [[next(pieces) for _ in arrays] for arrays in nested]
 
 
 def _max_of(vectors: list[torch.Tensor]) -> torch.Tensor | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -152,6 +153,10 @@ def prepare(config: ShrinkConfig, progress: Progress, world: World | None = None
             f"{human(floor)} with one channel left in every removable group",
             file=config.model,
             exit_code=EXIT_BUDGET,
+        )
+    if config.augment != "none" and not Path(config.data).is_dir():
+        raise MorphError(
+            f"--augment {config.augment} augments image folders; --data {config.data} is not one"
         )
     (shape,) = model.input_shapes.values()
     images = ImageOptions(
