@@ -145,6 +145,17 @@ def check_training(world: World, data: ArrayDataset) -> None:
     assert np.allclose(one, split, atol=1e-6), (one, split)
 
 
+def check_buffers_shared(world: World, data: ArrayDataset) -> None:
+    """Without synchronised BN each rank's last update used its own batch; after training
+    every rank holds rank 0's running statistics."""
+    module = OnnxModule.from_onnx(MODEL)
+    _train(module, data, Execution(world), Schedule(epochs=1, batch_size=32, lr=0.01))
+    stats = torch.cat([b.flatten().double() for b in module.buffers() if b.is_floating_point()])
+    gathered: list = [None] * world.size
+    dist.all_gather_object(gathered, stats)
+    assert torch.equal(gathered[0], gathered[1]), "the ranks' running statistics differ"
+
+
 def main() -> None:
     torch.set_num_threads(1)
     world = start_world("cpu")
@@ -155,6 +166,7 @@ def main() -> None:
         lambda: check_synced_batch_norm(world),
         lambda: check_batches(world, data),
         lambda: check_training(world, data),
+        lambda: check_buffers_shared(world, data),
     ]
     for check in checks:
         check()

@@ -19,8 +19,8 @@ from tests.conftest import SAMPLE_MODELS, torchrun
 def test_multi_process_checks_pass_under_torchrun():
     result = torchrun("tests/learn/distributed_checks.py")
     assert result.returncode == 0, result.stderr[-4000:]
-    assert "rank 0: 4 checks passed" in result.stderr
-    assert "rank 1: 4 checks passed" in result.stderr
+    assert "rank 0: 5 checks passed" in result.stderr
+    assert "rank 1: 5 checks passed" in result.stderr
 
 
 def test_without_torchrun_the_world_is_one_process(monkeypatch):

@@ -1,6 +1,7 @@
 """``torchrun --nproc-per-node 2 -m morphcli shrink`` on CPU (gloo): the target met, one output
 written once by rank 0, the result of one process on the same data, and a resume after both
-processes are killed that ends where an uninterrupted run does.
+processes are killed (at the first epoch checkpoint) that ends bit for bit where the
+uninterrupted run does.
 
 Tolerance against one process: with ``--sync-bn`` the two processes take the single
 process's steps up to float rounding (each normalises over the whole global batch, and DDP
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnx import numpy_helper
 
 from morphcli.cli import main
@@ -29,7 +31,7 @@ from morphcli.learn.checkpoint import CHECKPOINT_NAME
 from tests.conftest import ROOT, SAMPLE_MODELS, run_env, torchrun, torchrun_command
 
 TRAINED = str(SAMPLE_MODELS / "resnet_fashion_trained.onnx")
-MATCHING = [
+SETTINGS = [
     "--target-flops", "60%", "--steps", "30", "--lambda", "3e-6", "--lr", "0.003",
     "--batch-size", "32", "--threads", "1", "--finetune-epochs", "1", "--sync-bn",
 ]  # fmt: skip
@@ -42,25 +44,37 @@ def _weights(path) -> dict[str, np.ndarray]:
 
 
 def _shrink_args(data: str, out: Path, *extra: str) -> list[str]:
-    return ["shrink", TRAINED, "-o", str(out), "--data", data, "--report", f"{out}.json", *extra]
+    return [
+        "shrink", TRAINED, "-o", str(out), "--data", data, "--report", f"{out}.json",
+        "--work-dir", f"{out}.work", *SETTINGS, *extra,
+    ]  # fmt: skip
 
 
-def test_two_processes_match_one_process_and_only_rank_0_writes(cli, fashion, tmp_path):
-    one = tmp_path / "one" / "slim.onnx"
-    single = cli.invoke(main, _shrink_args(fashion["labelled"], one, *MATCHING))
-    assert single.exit_code == 0, single.output
-    two = tmp_path / "two" / "slim.onnx"
-    log = tmp_path / "writes.log"
+@pytest.fixture(scope="module")
+def two_processes(fashion, tmp_path_factory):
+    """One uninterrupted 2-process run, each process's writes into its folder logged."""
+    out = tmp_path_factory.mktemp("two") / "slim.onnx"
+    log = out.parent.parent / f"{out.parent.name}-writes.log"
     env = run_env()
     env.update(
         PYTHONPATH=os.pathsep.join([str(AUDIT), env["PYTHONPATH"]]),
-        MORPHCLI_AUDIT_DIR=str(two.parent), MORPHCLI_AUDIT_LOG=str(log),
+        MORPHCLI_AUDIT_DIR=str(out.parent), MORPHCLI_AUDIT_LOG=str(log),
     )  # fmt: skip
     result = subprocess.run(
-        torchrun_command("-m", "morphcli", *_shrink_args(fashion["labelled"], two, *MATCHING)),
+        torchrun_command("-m", "morphcli", *_shrink_args(fashion["labelled"], out)),
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
+    return {"out": out, "log": log, "stderr": result.stderr}
+
+
+def test_two_processes_match_one_process_and_only_rank_0_writes(
+    cli, fashion, two_processes, tmp_path
+):
+    one = tmp_path / "slim.onnx"
+    single = cli.invoke(main, _shrink_args(fashion["labelled"], one))
+    assert single.exit_code == 0, single.output
+    two = two_processes["out"]
     report, reference = (
         json.loads(Path(f"{two}.json").read_text()),
         json.loads(Path(f"{one}.json").read_text()),
@@ -75,12 +89,13 @@ def test_two_processes_match_one_process_and_only_rank_0_writes(cli, fashion, tm
     worst = max((float(np.abs(a[k] - b[k]).max()), k) for k in a)
     assert worst[0] < WEIGHT_TOLERANCE, f"largest weight difference from one process: {worst}"
     # Only rank 0 writes: the checkpoints, the model (renamed into place once) and the report.
-    events = [line.split(" ", 2) for line in log.read_text().splitlines()]
+    events = [line.split(" ", 2) for line in two_processes["log"].read_text().splitlines()]
     assert {rank for rank, _, _ in events} == {"0"}, events
     renamed = [path for _, event, path in events if event == "rename"]
     assert renamed.count(str(two)) == 1 and renamed.count(f"{two}.json") == 1, renamed
-    assert result.stderr.count("fine-tune epoch 1/1") == 1, result.stderr
-    assert "training: 2 processes on cpu (gloo), fp32" in result.stderr
+    stderr = two_processes["stderr"]
+    assert stderr.count("fine-tune epoch 1/1") == 1, stderr
+    assert "training: 2 processes on cpu (gloo), fp32" in stderr
 
 
 def _kill_workers(launcher: int) -> list[int]:
@@ -92,23 +107,12 @@ def _kill_workers(launcher: int) -> list[int]:
     return workers
 
 
-def _resume_args(data: str, out: Path, *extra: str) -> list[str]:
-    return [
-        "-m", "morphcli", *_shrink_args(data, out), "--target-flops", "70%", "--epochs", "4",
-        "--batch-size", "32", "--threads", "1", "--finetune-epochs", "1",
-        "--work-dir", f"{out}.work", *extra,
-    ]  # fmt: skip
-
-
-def test_resume_under_torchrun_after_killing_both_processes(fashion, tmp_path):
-    straight = tmp_path / "straight.onnx"
-    result = torchrun(*_resume_args(fashion["labelled"], straight))
-    assert result.returncode == 0, result.stderr[-4000:]
-    out = tmp_path / "resumed.onnx"
+def test_resume_under_torchrun_after_killing_both_processes(fashion, two_processes, tmp_path):
+    out = tmp_path / "slim.onnx"
     checkpoint = Path(f"{out}.work") / CHECKPOINT_NAME
     launcher = subprocess.Popen(
-        torchrun_command(*_resume_args(fashion["labelled"], out)), env=run_env(), cwd=ROOT,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        torchrun_command("-m", "morphcli", *_shrink_args(fashion["labelled"], out)),
+        env=run_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     # The first checkpoint is written before training, the next after epoch 1 (each atomic
     # write is a new file, so its inode changes): kill both workers as soon as it is there.
@@ -129,11 +133,11 @@ def test_resume_under_torchrun_after_killing_both_processes(fashion, tmp_path):
             launcher.kill()
     assert len(killed) == 2, f"the run ended before its first epoch checkpoint: {stderr[-2000:]}"
     assert launcher.returncode != 0 and checkpoint.exists() and not out.exists()
-    resumed = torchrun(*_resume_args(fashion["labelled"], out, "--resume"))
+    resumed = torchrun("-m", "morphcli", *_shrink_args(fashion["labelled"], out, "--resume"))
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     epoch = int(resumed.stderr.split("resuming from round 1 structure learning, epoch ")[1][0])
     assert epoch >= 2, resumed.stderr
-    a, b = _weights(straight), _weights(out)
+    a, b = _weights(two_processes["out"]), _weights(out)
     assert a.keys() == b.keys()
     for name in a:
         assert a[name].shape == b[name].shape and np.array_equal(a[name], b[name]), (

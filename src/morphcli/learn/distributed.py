@@ -122,6 +122,13 @@ class World:
             module, device_ids=device_ids, forward_sync_buffers=sync_buffers
         )
 
+    def share_buffers(self, module: nn.Module) -> None:
+        """Give every rank rank 0's buffers of ``module`` (BN running statistics)."""
+        if not self.distributed:
+            return
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
+
     def sum_over_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
         """The sum of ``tensor`` over ranks, with gradients (the gradient of a sum is summed
         the same way): what synchronised BatchNormalization reduces its statistics with."""

@@ -77,7 +77,8 @@ class Execution:
         """The module to step while inside: ``module`` under autocast (mixed precision),
         DistributedDataParallel and ``torch.compile`` as configured. The teacher, if any,
         runs under the same autocast, and with ``sync_bn`` both normalise over the global
-        batch. ``module`` and ``objective`` are as before on leaving."""
+        batch. ``module`` and ``objective`` are as before on leaving, their buffers (BN
+        running statistics) rank 0's on every process."""
         synced = []
         if self.sync_bn and self.world.distributed:
             for owner in (module, objective.teacher):
@@ -94,6 +95,11 @@ class Execution:
             model = torch.compile(model)
         try:
             yield model
+            # Each process updated the running statistics with its own batches last: all
+            # continue with rank 0's (evaluation, checkpoints and the output read them).
+            for owner in (module, teacher):
+                if owner is not None:
+                    self.world.share_buffers(owner)
         finally:
             objective.teacher = teacher
             for onnx_module in synced:
