@@ -3,12 +3,13 @@ torch loop, in 1 and 2 processes (torchrun, gloo, 1 thread each), with and witho
 workers.
 
 Both train the same ``OnnxModule`` (the sample Fashion-MNIST ResNet) on the same data (1024
-images of the committed subset, memory-mapped from an uncompressed .npz) with the same
-objective: cross entropy + lambda x the MorphNet penalty, SGD, global batch 64. shrink's
-side is ``fit`` as the learning phase calls it (DDP, the penalty's alive counts averaged over
+images of the committed subset, memory-mapped from an uncompressed .npz) the same way: SGD on
+cross entropy, global batch 64, each step followed by the MorphNet penalty's proximal step
+(``penalty.shrink(lr * lambda)``) with lambda auto's calibrated start. shrink's side is
+``fit`` as the learning phase calls it (DDP, the penalty's alive counts averaged over
 processes, lambda auto checks, progress, per-epoch means). The hand-written side is what a
 user of the Python API would write: DDP, a DistributedSampler, a DataLoader, then
-``loss = ce + lam * penalty(); loss.backward(); opt.step()``. Each repeat runs one of each,
+``ce.backward(); opt.step(); penalty.shrink(lr * lam, opt)``. Each repeat runs one of each,
 alternating, two epochs, and times the second (workers already up), so a change of machine
 load hits both. Goals: shrink / hand-written >= 0.90, and 2 processes x 1 thread >= 1.6 x
 1 process x 1 thread. Intervals are 95% bootstrap intervals over the repeats.
@@ -36,9 +37,16 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "train.json"
 MODEL = ROOT / "sample_models" / "resnet_fashion_trained.onnx"
 SUBSET = ROOT / "sample_models" / "fashion_mnist_subset.npz"
-BATCH, STRENGTH, LR = 64, 1e-7, 0.01
+BATCH, LR, GOAL_FRACTION = 64, 0.01, 0.5
 GOAL_RATIO, GOAL_SCALING = 0.90, 1.6
 CONFIGS = [(1, 0), (1, 2), (2, 0), (2, 2)]  # (processes, loader workers)
+
+
+def _strength(penalty, steps: int):
+    """lambda auto's start for a phase of ``steps`` (the same for both loops)."""
+    from morphcli.learn.strength import Strength
+
+    return Strength.calibrated(penalty, GOAL_FRACTION * penalty.cost(), LR, steps)
 
 
 def _hand_written_epoch(module, data, world, workers, device, precision, epoch) -> float:
@@ -56,11 +64,12 @@ def _hand_written_epoch(module, data, world, workers, device, precision, epoch) 
         num_workers=workers, persistent_workers=workers > 0,
         pin_memory=device.startswith("cuda"),
     )  # fmt: skip
+    penalty = MorphNetPenalty(module)
+    strength = _strength(penalty, len(loader) * (epoch + 1))
     model = module
     if world.distributed:
         device_ids = [world.local_rank] if device.startswith("cuda") else None
         model = DistributedDataParallel(module, device_ids=device_ids)
-    penalty = MorphNetPenalty(module)
     optimizer = torch.optim.SGD(module.parameters(), lr=LR, momentum=0.9)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     rate = 0.0
@@ -71,10 +80,11 @@ def _hand_written_epoch(module, data, world, workers, device, precision, epoch) 
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with torch.autocast(torch.device(device).type, dtype, enabled=dtype is not None):
                 logits = model(x)
-            loss = F.cross_entropy(logits.float(), y) + STRENGTH * penalty()
+            loss = F.cross_entropy(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            penalty.shrink(LR * strength.value, optimizer)
             images += len(x) * world.size
         rate = images / (time.perf_counter() - started)
     return rate
@@ -89,7 +99,6 @@ def _shrink_epoch(module, data, world, workers, device, precision, epoch) -> flo
     from morphcli.learn.penalty import MorphNetPenalty
     from morphcli.learn.precision import Precision
     from morphcli.learn.progress import Progress
-    from morphcli.learn.strength import Strength
     from morphcli.learn.train import Schedule, fit
 
     agree = world.mean if world.distributed else None
@@ -97,7 +106,7 @@ def _shrink_epoch(module, data, world, workers, device, precision, epoch) -> flo
     execution = Execution(world, Precision.for_device(precision, device), workers)
     schedule = Schedule(epochs=epoch + 1, batch_size=BATCH, lr=LR)
     quiet = Progress(Console(quiet=True), live=False)
-    strength = Strength(STRENGTH, auto=True, goal=0.5 * penalty.cost())
+    strength = _strength(penalty, schedule.steps_per_epoch(len(data)) * (epoch + 1))
     history = fit(
         module, data, Objective(), schedule, device, quiet, "learn", penalty=penalty,
         strength=strength, execution=execution,

@@ -15,7 +15,6 @@ from morphcli.errors import MorphError
 from morphcli.learn.data import ImageOptions, split_data
 from morphcli.learn.objective import Objective
 from morphcli.learn.progress import Progress
-from morphcli.learn.strength import Strength
 from morphcli.learn.train import Schedule, evaluate, fit
 
 GRAY_28 = ImageOptions(channels=1, size=(28, 28))
@@ -162,29 +161,3 @@ def test_training_lowers_the_loss(tmp_path):
     after, accuracy = evaluate(net, data, Objective(), 32, "cpu")
     assert after < 0.8 * before, (before, after)
     assert accuracy > 0.7
-
-
-def test_auto_strength_rises_only_when_off_track_for_the_goal():
-    # Goal 50 from 100 in 4 windows needs a fall of 1 - 0.5 ** (1 / 4) = 15.9% per window.
-    strength = Strength(1e-6, auto=True, goal=50.0)
-    strength.check(100.0, 10.0, window=20, steps_left=80)
-    strength.check(100.0, 9.0, window=20, steps_left=80)  # penalty -10%: too slow, x2
-    assert strength.value == pytest.approx(2e-6)
-    strength.check(100.0, 7.0, window=20, steps_left=80)  # penalty -22%: on its way
-    strength.check(80.0, 7.0, window=20, steps_left=80)  # alive -20%: on track
-    assert strength.value == pytest.approx(2e-6)
-    strength.check(79.0, 6.9, window=20, steps_left=20)  # past the deadline: needs -37%
-    assert strength.value == pytest.approx(4e-6)
-    strength.check(40.0, 3.0, window=20, steps_left=20)  # under the goal: lowered ...
-    assert strength.value == pytest.approx(2e-6)
-    for _ in range(3):
-        strength.check(40.0, 3.0, window=20, steps_left=20)  # ... down to the first value
-    assert strength.value == pytest.approx(1e-6)
-    fixed = Strength(1e-6)
-    for _ in range(3):
-        fixed.check(100.0, 1.0, window=20, steps_left=20)
-    assert fixed.value == 1e-6
-    capped = Strength(1.0, auto=True)
-    for _ in range(30):
-        capped.check(100.0, 1.0, window=20, steps_left=20)
-    assert capped.value == 8.0

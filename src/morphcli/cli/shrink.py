@@ -162,6 +162,12 @@ if TYPE_CHECKING:
     "--report", "report_path", type=click.Path(dir_okay=False), help="Write the JSON report here."
 )
 @click.option(
+    "--baseline",
+    type=click.Choice(["uniform"]),
+    help="Also fine-tune the uniform-multiplier structure with the same budget, keep the "
+    "better on the validation data, and report both.",
+)
+@click.option(
     "--export-structure",
     type=click.Path(dir_okay=False),
     metavar="FILE",
@@ -248,6 +254,7 @@ def config_from_flags(model_path: str, output: str, flags: dict[str, Any]) -> Sh
         mean=options.floats(flags["mean"], "--mean") or (0.0,),
         std=options.floats(flags["std"], "--std") or (1.0,),
         export_structure=flags["export_structure"],
+        baseline=flags["baseline"],
         precision=flags["precision"],
         workers=flags["workers"],
         sync_bn=flags["sync_bn"],

@@ -21,13 +21,15 @@ from morphcli.errors import MorphError
 from morphcli.outputs import write_atomic
 
 CHECKPOINT_NAME = "checkpoint.pt"
-LEARN, FINETUNE = "learn", "finetune"
+LEARN, FINETUNE, BASELINE, DONE = "learn", "finetune", "baseline", "done"
 
 
 @dataclass
 class ShrinkState:
-    """A run's position: ``phase`` (learn or finetune), 1-based ``round``, the next ``epoch``
-    to run in the phase, and what training needs to continue."""
+    """A run's position: ``phase`` (learn, finetune, or baseline: fine-tuning the uniform
+    baseline), 1-based ``round``, the next ``epoch`` to run in the phase, and what training
+    needs to continue (``scales``: the penalty's group scales, fixed when its phase began);
+    ``result`` holds the fine-tuned MorphNet model while the baseline trains."""
 
     phase: str
     round: int
@@ -36,9 +38,16 @@ class ShrinkState:
     report: dict[str, Any]
     optimizer: dict | None = None
     strength: dict | None = None
+    result: bytes | None = None
+    scales: list[float] | None = None
 
     def __str__(self) -> str:
-        where = f"round {self.round} structure learning" if self.phase == LEARN else "fine-tuning"
+        where = {
+            LEARN: f"round {self.round} structure learning",
+            FINETUNE: "fine-tuning",
+            BASELINE: "fine-tuning the uniform baseline",
+            DONE: "writing the result",
+        }[self.phase]
         return f"{where}, epoch {self.epoch + 1}"
 
 

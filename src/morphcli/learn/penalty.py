@@ -9,20 +9,36 @@ and for a depthwise conv (a FLOPs term tied to its input), ``C * (sum(p_A) + sum
 the threshold and is a constant (no gradient). With more factors the same rule holds: each
 factor's ``sum(p)`` times the product of the others' alive counts. Summed over terms this is
 
-    penalty = sum_g W_g * sum(p_g),  W = d cost / d alive (at the current alive counts)
+    penalty = sum_g W_g * sum(p_g) / s_g,  W = d cost / d alive (at the current alive counts)
 
-plus ``C`` per tied channel, which is how it is computed. A factor's ``sum(p)`` is
-``sum(count * sum(p_g))`` over its groups, where a class repeated in a tensor (a depthwise
-multiplier, a flatten into features) counts that many times.
+plus ``C`` per tied channel, which is how it is computed. ``s_g`` is the group's scale: the
+mean of its ``p`` when the penalty is built. ``p`` is thus measured relative to its own
+layer, which keeps the balance between the penalty and the task loss the same whatever
+factor a layer's BN scales and the next layer's weights share (scaling a layer's gammas by
+``a`` and the weights reading it by ``1 / a`` computes the same function and scales both the
+task gradient and the penalty's pull on those gammas by ``1 / a``); with raw gammas, layers
+with small gammas (often the inner convs of residual blocks) were emptied first. Measured on
+the narrow Fashion-MNIST ResNet at 25% FLOPs: +1.4 points of test accuracy (2 seeds).
+
+A factor's ``sum(p)`` is ``sum(count * sum(p_g))`` over its groups, where a class repeated in
+a tensor (a depthwise multiplier, a flatten into features) counts that many times.
 
 A group's ``p`` comes from its members (sources): ``|gamma|`` of a normalisation scale that
 follows it ("gamma" mode), or the L2 norm of each channel's producing filter slices ("group
 lasso" mode, e.g. for models exported with BN folded into the convs). Where several members
-share a group (a residual join) a channel's ``p`` is the max over members and it is alive if
-any member is: ``|gamma| > 1e-2``, or a filter norm over 1e-2 times that member's largest.
-In "auto" mode a producer whose output goes straight into a normalisation is represented by
-the normalisation's gamma, any other producer by its filter norms. Pinned groups and groups
-without a source keep their full width as alive count and contribute ``p = 0``.
+share a group (a residual join) a channel's ``p`` is the L2 norm over all its members'
+entries (the reference implementation's L2 grouping; its max grouping sends the whole
+gradient to the largest member, so a residual channel shrinks one member at a time and
+residual groups stayed almost full), and it is alive if any member is: ``|gamma| > 1e-2``,
+or a filter norm over 1e-2 times that member's largest. In "auto" mode a producer whose
+output goes straight into a normalisation is represented by the normalisation's gamma, any
+other producer by its filter norms. Pinned groups and groups without a source keep their full
+width as alive count and contribute ``p = 0``.
+
+``shrink(step)`` is the proximal step of ``step * penalty`` (group soft-thresholding): the
+training loop of ``morphnet shrink`` takes it after each optimizer step instead of adding the
+penalty to the loss, so a channel whose ``p`` falls under ``step * W_g`` becomes exactly zero
+and stays there, however strong lambda is.
 """
 
 from __future__ import annotations
@@ -47,9 +63,9 @@ class Source:
     """One member's per-channel penalty vector for a group, read off a constant's axis.
 
     ``positions[i]`` are the indices along ``axis`` of ``const`` that carry class ``i`` of the
-    group (several when the tensor repeats the class). ``kind`` is "gamma" (``p`` = the largest
-    ``|value|`` of the class) or "group_lasso" (``p`` = the L2 norm of all of the class's
-    entries, i.e. of its filter slices).
+    group (several when the tensor repeats the class). ``p`` is the L2 norm of all of the
+    class's entries (``|gamma|`` for one scale, a filter slice's norm); ``kind`` ("gamma" or
+    "group_lasso") sets the alive threshold.
     """
 
     const: str
@@ -61,9 +77,14 @@ class Source:
         rows = value.movedim(self.axis, 0).reshape(value.shape[self.axis], -1)
         index = torch.as_tensor(self.positions.reshape(-1), device=value.device)
         picked = rows[index].reshape(len(self.positions), -1)
-        if self.kind == "gamma":
-            return picked.abs().amax(dim=1)
         return torch.linalg.vector_norm(picked, dim=1)
+
+    def scale(self, value: torch.Tensor, factor: torch.Tensor) -> None:
+        """Multiply, in place, every entry of class ``i`` by ``factor[i]``."""
+        rows = value.detach().movedim(self.axis, 0)
+        index = torch.as_tensor(self.positions.reshape(-1), device=value.device)
+        per_entry = factor.repeat_interleave(self.positions.shape[1]).to(value.dtype)
+        rows[index] = rows[index] * per_entry.view((-1,) + (1,) * (rows.dim() - 1))
 
     def alive(self, p: np.ndarray) -> np.ndarray:
         if self.kind == "gamma":
@@ -154,6 +175,8 @@ class MorphNetPenalty:
             concatenated) to the values that decide which channels are alive; under
             DistributedDataParallel, the mean over processes (``World.mean``), so every
             process counts the same alive channels. Defaults to None (the values as they are).
+        scales: Each group's ``s`` (``scales``); a phase resumed from a checkpoint passes the
+            ones its penalty started with. Defaults to None (measured now).
     """
 
     def __init__(
@@ -162,6 +185,7 @@ class MorphNetPenalty:
         resource: str = "flops",
         mode: str = "auto",
         agree: Callable[[np.ndarray], np.ndarray] | None = None,
+        scales: list[float] | None = None,
     ):
         from morphcli.graph.builder import build_channel_graph
 
@@ -169,6 +193,8 @@ class MorphNetPenalty:
         cg = build_channel_graph(model)
         self._setup(cg, build_cost_model(model, cg), module.tensor, resource, mode)
         self.agree = agree
+        if scales is not None:
+            self.scales = np.array(scales, dtype=np.float64)
 
     @classmethod
     def over(
@@ -204,6 +230,10 @@ class MorphNetPenalty:
         self._table = cm.table(resource)
         self._tied = _tied_weights(cm, resource)
         self._weights_at: tuple[tuple[int, ...], np.ndarray] | None = None
+        with torch.no_grad():
+            self.scales = np.array(
+                [1.0 if p is None else max(float(p.mean()), 1e-12) for p in self.vectors()]
+            )
 
     @property
     def sourced(self) -> np.ndarray:
@@ -234,8 +264,8 @@ class MorphNetPenalty:
         return masks
 
     def vectors(self) -> list[torch.Tensor | None]:
-        """Each group's ``p`` (max over its sources), or None for a group without a source."""
-        return [_max_of(vectors) for vectors in self._members()]
+        """Each group's ``p`` (L2 over its sources), or None for a group without a source."""
+        return [_combined(vectors) for vectors in self._members()]
 
     def alive_masks(self) -> list[np.ndarray]:
         """For each group, which of its classes are alive (all of them without a source)."""
@@ -251,11 +281,12 @@ class MorphNetPenalty:
         return self.cost_model.resource(self.resource, self.alive_widths())
 
     def weights(self, alive: np.ndarray) -> np.ndarray:
-        """``W``: d cost / d alive at ``alive``, plus the tied terms' ``C * count``."""
+        """``W / s``: d cost / d alive at ``alive`` (plus the tied terms' ``C * count``),
+        divided by each group's scale ``s`` (``scales``)."""
         key = tuple(int(a) for a in alive)
         if self._weights_at is None or self._weights_at[0] != key:
             grad = self._table.gradient(np.asarray(alive, dtype=np.float64))
-            self._weights_at = (key, grad + self._tied)
+            self._weights_at = (key, (grad + self._tied) / self.scales)
         return self._weights_at[1]
 
     def __call__(self) -> torch.Tensor:
@@ -265,10 +296,34 @@ class MorphNetPenalty:
         weights = self.weights(alive)
         terms = [
             float(weights[gid]) * p.sum()
-            for gid, p in enumerate(_max_of(vectors) for vectors in members)
+            for gid, p in enumerate(_combined(vectors) for vectors in members)
             if p is not None and weights[gid] != 0.0
         ]
         return torch.stack(terms).sum() if terms else torch.zeros(())
+
+    def shrink(self, step: float, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """The proximal step of ``step * penalty``, in place: every channel's entries (over all
+        its members) are scaled by ``max(0, 1 - step * W_g / p)``, so a channel with
+        ``p <= step * W_g`` becomes exactly zero (group soft-thresholding). The momentum of
+        ``optimizer`` is cleared where a channel became zero, so that momentum gathered
+        before does not carry it back out on its own."""
+        with torch.no_grad():
+            members = self._members()
+            alive = np.array([m.sum() for m in self._masks(members)], dtype=np.int64)
+            weights = self.weights(alive)
+            for gid, (sources, vectors) in enumerate(zip(self.sources, members, strict=True)):
+                if not sources or weights[gid] == 0.0:
+                    continue
+                p = _combined(vectors)
+                threshold = step * float(weights[gid])
+                factor = (1.0 - threshold / p.clamp_min(1e-30)).clamp_min(0.0)
+                for source in sources:
+                    value = self._tensor(source.const)
+                    source.scale(value, factor)
+                    state = optimizer.state.get(value, {}) if optimizer is not None else {}
+                    for key in ("momentum_buffer", "exp_avg"):
+                        if state.get(key) is not None:
+                            source.scale(state[key], (factor > 0).to(state[key].dtype))
 
 
 def _split_like(flat: np.ndarray, nested: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
@@ -278,7 +333,10 @@ def _split_like(flat: np.ndarray, nested: list[list[np.ndarray]]) -> list[list[n
     return [[next(pieces) for _ in arrays] for arrays in nested]
 
 
-def _max_of(vectors: list[torch.Tensor]) -> torch.Tensor | None:
+def _combined(vectors: list[torch.Tensor]) -> torch.Tensor | None:
+    """Members' vectors as one: the L2 norm over members, per channel."""
     if not vectors:
         return None
-    return vectors[0] if len(vectors) == 1 else torch.stack(vectors).amax(dim=0)
+    if len(vectors) == 1:
+        return vectors[0]
+    return torch.linalg.vector_norm(torch.stack(vectors), dim=0)

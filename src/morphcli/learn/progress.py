@@ -98,11 +98,12 @@ class Progress:
         if stats.seconds > 0:
             parts.append(f"{stats.images_per_s:.0f} img/s")
         if self._bar is None:
-            self.console.print("  ".join(p for p in parts if p), highlight=False)
+            self.console.print("  ".join(p for p in parts if p), highlight=False, soft_wrap=True)
 
     def note(self, text: str) -> None:
-        """A line between phases (what was removed, the multiplier found, a resume)."""
-        self.console.print(text, highlight=False)
+        """A line between phases (what was removed, the multiplier found, a resume); never
+        wrapped, so a log keeps one line per note."""
+        self.console.print(text, highlight=False, soft_wrap=True)
 
     def stop(self) -> None:
         if self._bar is not None:

@@ -1,7 +1,10 @@
-"""The training loop: epochs of the task loss plus the penalty, optimizers, BN recalibration.
+"""The training loop: epochs of the task loss with the penalty's proximal steps, optimizers,
+BN recalibration.
 
-``fit`` runs whole epochs of ``loss + lambda * penalty`` (no penalty when fine-tuning) with
-SGD (momentum 0.9) or Adam at a fixed learning rate, shuffling with a generator seeded by
+``fit`` runs whole epochs of the task loss with SGD (momentum 0.9) or Adam, each optimizer
+step followed by the proximal step of ``lr * lambda * penalty`` when structure learning (no
+penalty when fine-tuning), at a fixed learning rate or a cosine decay, shuffling with a
+generator seeded by
 ``seed`` and the epoch index, so a run resumed at an epoch boundary sees the same batches as an
 uninterrupted one. After every epoch it calls ``on_epoch`` (where the caller checkpoints).
 
@@ -32,11 +35,9 @@ from morphcli.learn.strength import Strength
 DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3}
 MOMENTUM = 0.9
 # lambda auto (see Strength) aims to reach its goal by DEADLINE of the phase's steps (the
-# rest lets the new structure settle); checks run CHECKS_PER_EPOCH times an epoch but at
-# least MIN_CHECK_STEPS apart.
+# rest lets the new structure settle); the alive cost is checked every CHECK_STEPS steps.
 DEADLINE = 0.75
-CHECKS_PER_EPOCH = 4
-MIN_CHECK_STEPS = 20
+CHECK_STEPS = 5
 # Batches that refresh BN running statistics (momentum 0.1: the old values keep 0.9^50).
 RECALIBRATION_BATCHES = 50
 
@@ -185,9 +186,11 @@ def fit(
 ) -> list[EpochStats]:
     """Train ``module`` in place from epoch ``start_epoch`` to the schedule's end.
 
-    With ``penalty`` the loss is ``task + strength.value * penalty()`` and ``strength`` is
-    checked CHECKS_PER_EPOCH times an epoch against the alive cost (the penalty's value
-    averaged over processes, so every process steers lambda alike).
+    With ``penalty`` every optimizer step is followed by ``penalty.shrink(lr *
+    strength.value)`` (the proximal step of the penalty, the same on every process: their
+    parameters are equal and its alive counts averaged), and ``strength`` is checked every
+    CHECK_STEPS steps against the alive cost, with the deadline at DEADLINE of the phase's
+    steps.
     """
     execution = execution or Execution()
     world = execution.world
@@ -201,7 +204,6 @@ def fit(
     per_epoch = schedule.steps_per_epoch(len(dataset))
     epochs = schedule.total_epochs(len(dataset))
     total_steps = schedule.steps if schedule.steps is not None else epochs * per_epoch
-    check_every = max(MIN_CHECK_STEPS, per_epoch // CHECKS_PER_EPOCH)
     history = []
     reference = None
     if penalty is not None:
@@ -228,11 +230,9 @@ def fit(
                     images += len(batch_parts(batch)[0]) * world.size
                     for key in sums:
                         sums[key] += metrics.get(key) or 0.0
-                    if penalty is not None and (step + 1) % check_every == 0:
-                        steps_left = int(DEADLINE * total_steps) - step
-                        value = float(world.mean(metrics["penalty"]))
-                        strength.check(penalty.cost(), value, check_every, steps_left)
-                        metrics["alive"] = strength.last_cost
+                    if penalty is not None and (step + 1) % CHECK_STEPS == 0:
+                        metrics["alive"] = penalty.cost()
+                        strength.check(metrics["alive"], (step + 1) / (DEADLINE * total_steps))
                     metrics["images_per_s"] = images / (time.perf_counter() - started)
                     progress.advance(metrics)
                 seconds = time.perf_counter() - started
@@ -261,17 +261,17 @@ def _step(
     strength: Strength | None,
     precision: Precision,
 ) -> dict[str, float]:
-    """One optimizer step on ``task + lambda * penalty``; returns the loss and penalty values."""
+    """One optimizer step on the task loss, then the penalty's proximal step; returns the
+    loss and penalty values."""
     x, y = batch_parts(batch)
     x = x.to(device, non_blocking=True)
     y = y.to(device, non_blocking=True) if y is not None else None
     task = objective(outputs_of(module(x)), x, y)
-    loss = task
     metrics = {"loss": task.item()}
-    if penalty is not None:
-        value = penalty()
-        loss = task + strength.value * value
-        metrics["penalty"] = value.item()
     optimizer.zero_grad(set_to_none=True)
-    precision.step(loss, optimizer)
+    precision.step(task, optimizer)
+    if penalty is not None:
+        penalty.shrink(optimizer.param_groups[0]["lr"] * strength.value, optimizer)
+        with torch.no_grad():
+            metrics["penalty"] = penalty().item()
     return metrics

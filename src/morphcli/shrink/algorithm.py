@@ -25,37 +25,41 @@ import onnx
 import torch
 
 from morphcli.errors import EXIT_BUDGET, MorphError
-from morphcli.learn.checkpoint import FINETUNE, LEARN, ShrinkState, load_state
+from morphcli.learn.checkpoint import BASELINE, DONE, FINETUNE, LEARN, ShrinkState, load_state
 from morphcli.learn.distributed import World, structure_digest
 from morphcli.learn.penalty import MorphNetPenalty
 from morphcli.learn.progress import Progress
 from morphcli.learn.strength import Strength
-from morphcli.learn.train import EpochStats, fit, recalibrate
+from morphcli.learn.train import DEADLINE, fit, recalibrate
 from morphcli.outputs import save_model, write_atomic
 from morphcli.report.format import human
+from morphcli.shrink.baseline import compare_with_uniform, uniform_start
 from morphcli.shrink.config import ShrinkConfig
-from morphcli.shrink.run import Run, fresh_state, prepare
+from morphcli.shrink.run import BAND_LOW, REPLICA_NOISE, Run, count_images, fresh_state, prepare
 from morphcli.surgery.apply import Init, apply_copies
 from morphcli.surgery.importance import class_importance
 from morphcli.surgery.structure import structure_doc
 from morphcli.surgery.widths import copies_for_widths, multiplier_widths, target_multiplier, top_up
 
-# The result must land in [BAND_LOW, 1] x target.
-BAND_LOW = 0.97
-# lambda auto: LAMBDA_SCALE / (the round's starting cost), steered so that the alive cost
-# reaches min(target, SHRINK_GOAL x starting cost): the target itself when shrinking, and a
-# smaller structure to grow back from when the target is the same cost or more.
-LAMBDA_SCALE = 1.0
+# lambda auto steers the alive cost to SHRINK_GOAL x min(target, the round's starting
+# cost): below the target, so that the uniform expansion grows the learned structure back
+# to it (Algorithm 1), whether the target shrinks the model or not.
 SHRINK_GOAL = 0.7
-# Replicas' consumer columns get zero-sum noise of this many weight standard deviations.
-REPLICA_NOISE = 0.1
+# A round whose learning kept more than this share of its starting cost removed almost nothing.
+LITTLE_LEARNED = 0.95
+# Learning reached its goal when the alive cost came within this factor of it.
+GOAL_TOLERANCE = 1.1
 
 
-def _initial_strength(run: Run, start_cost: float) -> Strength:
-    if run.config.strength == "auto":
-        goal = min(run.target, SHRINK_GOAL * start_cost)
-        return Strength(LAMBDA_SCALE / start_cost, auto=True, goal=goal)
-    return Strength(float(run.config.strength))
+def _initial_strength(run: Run, penalty: MorphNetPenalty) -> Strength:
+    """A given lambda, or lambda auto calibrated to reach the goal by the deadline."""
+    if run.config.strength != "auto":
+        return Strength(float(run.config.strength))
+    start = penalty.cost()
+    goal = SHRINK_GOAL * min(run.target, start)
+    learn = run.config.learn
+    steps = learn.steps or learn.epochs * learn.steps_per_epoch(len(run.data.train))
+    return Strength.calibrated(penalty, goal, learn.base_lr, max(1, round(DEADLINE * steps)))
 
 
 def _train_learning(run: Run, state: ShrinkState, module, penalty, strength) -> None:
@@ -68,11 +72,12 @@ def _train_learning(run: Run, state: ShrinkState, module, penalty, strength) -> 
 
     def on_epoch(stats, optimizer) -> None:
         latest["optimizer"] = optimizer.state_dict()
-        _count_images(state.report, f"round {state.round} learn", stats)
+        count_images(state.report, f"round {state.round} learn", stats)
         run.checkpoint(
             ShrinkState(
                 LEARN, state.round, stats.epoch + 1, module.to_onnx().SerializeToString(),
                 state.report, latest["optimizer"], asdict(strength),
+                scales=penalty.scales.tolist(),
             )
         )  # fmt: skip
 
@@ -102,9 +107,11 @@ def learn_round(run: Run, state: ShrinkState) -> ShrinkState:
     started = time.perf_counter()
     module = run.module(state.proto)
     agree = run.world.mean if run.world.distributed else None
-    penalty = MorphNetPenalty(module, config.resource, config.mode, agree=agree)
-    start_cost = penalty.cost_model.resource(config.resource)
-    strength = Strength(**state.strength) if state.strength else _initial_strength(run, start_cost)
+    penalty = MorphNetPenalty(
+        module, config.resource, config.mode, agree=agree, scales=state.scales
+    )
+    round_start = penalty.cost()
+    strength = Strength(**state.strength) if state.strength else _initial_strength(run, penalty)
     _train_learning(run, state, module, penalty, strength)
     recalibrate(
         module, run.data.train, config.learn.batch_size, run.device, config.learn.seed,
@@ -151,11 +158,21 @@ def learn_round(run: Run, state: ShrinkState) -> ShrinkState:
     expanded["multiplier"] = omega
     report["steps"].append(expanded)
     report["time_s"][f"{name} surgery"] = time.perf_counter() - started
+    learned = shrunk.cm.resource(config.resource)
+    record = {
+        "round": state.round, "start": round(round_start), "goal": round(strength.goal) or None,
+        "learned": round(learned), "multiplier": omega, "expanded": round(reached),
+        "reached_goal": not strength.auto or learned <= GOAL_TOLERANCE * strength.goal,
+    }  # fmt: skip
+    report["rounds"].append(record)
     run.progress.note(
-        f"{name}: alive {human(shrunk.cm.resource(config.resource))} {run.unit} "
-        f"(lambda {strength.value:.3g}); expanded x{omega:.3f} to {human(reached)} {run.unit} "
-        f"({reached / run.target:.1%} of the target)"
+        f"{name}: learning kept {human(learned)} {run.unit} ({learned / round_start:.0%} of "
+        f"{human(round_start)}; lambda {strength.value:.3g}); expanded x{omega:.3f} to "
+        f"{human(reached)} {run.unit} ({reached / run.target:.1%} of the target)"
     )
+    for warning in _round_warnings(record, run.unit):
+        report["warnings"].append(warning)
+        run.progress.note(f"warning: {warning}")
     last = state.round == config.rounds
     next_state = ShrinkState(
         FINETUNE if last else LEARN, state.round if last else state.round + 1, 0,
@@ -165,15 +182,51 @@ def learn_round(run: Run, state: ShrinkState) -> ShrinkState:
     return next_state
 
 
-def finetune(run: Run, state: ShrinkState) -> onnx.ModelProto:
+def _round_warnings(record: dict, unit: str) -> list[str]:
+    """What a user should know about a round: learning that removed (almost) nothing, or
+    that stopped over the target, so that a multiplier below 1 did the rest."""
+    kept = record["learned"] / record["start"]
+    if kept > LITTLE_LEARNED:
+        return [
+            f"round {record['round']}: learning removed almost nothing ({kept:.0%} of the "
+            f"{unit} stayed alive), so the result is mostly the uniform multiplier "
+            f"x{record['multiplier']:.3f}: train longer (--epochs) or raise --lambda"
+        ]
+    if record["multiplier"] < 1.0:
+        return [
+            f"round {record['round']}: learning stopped at {kept:.0%} of the {unit}, over the "
+            f"target; the multiplier x{record['multiplier']:.3f} did the rest: train longer "
+            "(--epochs) for a structure learned all the way"
+        ]
+    return []
+
+
+def reduction(report: dict, final: float) -> dict:
+    """How much of the reduction from the input to ``final`` learning did (first round):
+    ``by_learning`` is (input - learned) / (input - final), at most 1 (learning went below
+    the final cost and the multiplier grew the structure back)."""
+    first = report["rounds"][0]
+    start, learned = first["start"], first["learned"]
+    removed = start - final
+    share = 1.0 if removed <= 0 else min(1.0, max(0.0, (start - learned) / removed))
+    return {
+        "learned_fraction": learned / start,
+        "final_fraction": final / start,
+        "multiplier": first["multiplier"],
+        "by_learning": share,
+    }
+
+
+def finetune(run: Run, state: ShrinkState) -> ShrinkState:
     """Fine-tune the final structure without the penalty (cosine learning rate decay)."""
     config, report = run.config, state.report
     started = time.perf_counter()
     module = run.module(state.proto)
     schedule = replace(config.learn, epochs=config.finetune_epochs, steps=None, cosine=True)
+    after = BASELINE if config.baseline else DONE
 
     def on_epoch(stats, optimizer) -> None:
-        _count_images(report, "finetune", stats)
+        count_images(report, "finetune", stats)
         proto = module.to_onnx().SerializeToString()
         run.checkpoint(
             ShrinkState(FINETUNE, state.round, stats.epoch + 1, proto, report,
@@ -187,15 +240,12 @@ def finetune(run: Run, state: ShrinkState) -> onnx.ModelProto:
     )  # fmt: skip
     report["validation"]["final"] = run.evaluate(module)
     report["time_s"]["finetune"] = time.perf_counter() - started
-    return module.to_onnx()
-
-
-def _count_images(report: dict, phase: str, stats: EpochStats) -> None:
-    """Add an epoch's images and seconds to the phase's throughput in the report."""
-    seen = report["throughput"].setdefault(phase, {"images": 0, "seconds": 0.0})
-    seen["images"] += stats.images
-    seen["seconds"] += stats.seconds
-    seen["images_per_s"] = seen["images"] / seen["seconds"] if seen["seconds"] else 0.0
+    result = module.to_onnx().SerializeToString()
+    next_state = ShrinkState(after, state.round, 0, result, report, result=result)
+    if after == BASELINE:
+        next_state.proto = uniform_start(run).SerializeToString()
+        run.checkpoint(next_state)
+    return next_state
 
 
 def run_shrink(config: ShrinkConfig, progress: Progress, world: World | None = None) -> dict:
@@ -218,7 +268,11 @@ def run_shrink(config: ShrinkConfig, progress: Progress, world: World | None = N
     progress.note(f"training: {run.execution}")
     while state.phase == LEARN:
         state = learn_round(run, state)
-    proto = finetune(run, state)
+    if state.phase == FINETUNE:
+        state = finetune(run, state)
+    if state.phase == BASELINE:
+        state = compare_with_uniform(run, state)
+    proto = onnx.load_from_string(state.result)
     report = state.report
     final = run.analyse(proto)
     report["steps"].append(final.snapshot("final"))
@@ -226,6 +280,7 @@ def run_shrink(config: ShrinkConfig, progress: Progress, world: World | None = N
     report["reached"] = round(reached)
     report["fraction_of_target"] = reached / run.target
     report["met"] = BAND_LOW * run.target <= reached <= run.target
+    report["reduction"] = reduction(report, reached)
     report["time_s"]["total"] = sum(report["time_s"].values())
     if not report["met"]:
         raise MorphError(

@@ -35,6 +35,7 @@ class ShrinkConfig:
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
     export_structure: str | None = None
+    baseline: str | None = None
     precision: str = "fp32"
     workers: int | None = None
     sync_bn: bool = False
@@ -47,4 +48,5 @@ class ShrinkConfig:
             "target": f"{self.resource} {self.target}",
             "data": self.data,
             "rounds": self.rounds,
+            "baseline": self.baseline,
         }

@@ -23,7 +23,7 @@ from morphcli.learn.loading import default_workers, local_batch_size
 from morphcli.learn.objective import Objective
 from morphcli.learn.precision import Precision
 from morphcli.learn.progress import Progress
-from morphcli.learn.train import evaluate
+from morphcli.learn.train import EpochStats, evaluate
 from morphcli.learn.wrapper import OnnxModule
 from morphcli.outputs import check_output_path
 from morphcli.report.format import human
@@ -34,6 +34,10 @@ from morphcli.surgery.widths import multiplier_widths
 
 # A multiplier that leaves every removable group at its narrowest width.
 NARROWEST = 1e-9
+# The result must land in [BAND_LOW, 1] x target.
+BAND_LOW = 0.97
+# Replicas' consumer columns get zero-sum noise of this many weight standard deviations.
+REPLICA_NOISE = 0.1
 
 
 @dataclass
@@ -118,6 +122,14 @@ class Run:
         """Save ``state`` (the main process alone writes)."""
         if self.world.main:
             save_state(self.config.work_dir, self.config.fingerprint(), state)
+
+
+def count_images(report: dict, phase: str, stats: EpochStats) -> None:
+    """Add an epoch's images and seconds to the phase's throughput in the report."""
+    seen = report["throughput"].setdefault(phase, {"images": 0, "seconds": 0.0})
+    seen["images"] += stats.images
+    seen["seconds"] += stats.seconds
+    seen["images_per_s"] = seen["images"] / seen["seconds"] if seen["seconds"] else 0.0
 
 
 def _execution(config: ShrinkConfig, world: World, data: DataSplit) -> Execution:
@@ -213,6 +225,8 @@ def fresh_state(run: Run) -> ShrinkState:
         "steps": [Analysed.of(run.model).snapshot("input")],
         "validation": {"input": run.evaluate(run.module(proto))},
         "lambda": [],
+        "rounds": [],
+        "warnings": [],
         "time_s": {},
         "throughput": {},
     }
