@@ -172,9 +172,12 @@ class MorphNetPenalty:
         resource: "flops" or "params". Defaults to "flops".
         mode: "auto", "gamma" or "group_lasso" (see the module docstring). Defaults to "auto".
         agree: Maps every group's ``p`` values (one float64 array, all groups' sources
-            concatenated) to the values that decide which channels are alive; under
+            concatenated) to the values that decide which channels are alive in
+            ``alive_masks``, ``alive_widths`` and ``cost`` (lambda's checks, surgery); under
             DistributedDataParallel, the mean over processes (``World.mean``), so every
-            process counts the same alive channels. Defaults to None (the values as they are).
+            process takes the same decisions. The per-step weights of ``__call__`` and
+            ``shrink`` use the values as they are (DDP keeps the parameters equal on every
+            process), which spares a collective per step. Defaults to None.
         scales: Each group's ``s`` (``scales``); a phase resumed from a checkpoint passes the
             ones its penalty started with. Defaults to None (measured now).
     """
@@ -244,9 +247,9 @@ class MorphNetPenalty:
         """Every group's member vectors, one per source."""
         return [[s.vector(self._tensor(s.const)) for s in sources] for sources in self.sources]
 
-    def _masks(self, members: list[list[torch.Tensor]]) -> list[np.ndarray]:
+    def _masks(self, members: list[list[torch.Tensor]], agreed: bool = False) -> list[np.ndarray]:
         values = [[v.detach().double().cpu().numpy() for v in vectors] for vectors in members]
-        if self.agree is not None:
+        if agreed and self.agree is not None:
             flat = [array for arrays in values for array in arrays]
             agreed = self.agree(np.concatenate(flat) if flat else np.zeros(0))
             values = _split_like(agreed, values)
@@ -270,7 +273,7 @@ class MorphNetPenalty:
     def alive_masks(self) -> list[np.ndarray]:
         """For each group, which of its classes are alive (all of them without a source)."""
         with torch.no_grad():
-            return self._masks(self._members())
+            return self._masks(self._members(), agreed=True)
 
     def alive_widths(self) -> np.ndarray:
         """The alive channel count of every group."""

@@ -187,10 +187,10 @@ def fit(
     """Train ``module`` in place from epoch ``start_epoch`` to the schedule's end.
 
     With ``penalty`` every optimizer step is followed by ``penalty.shrink(lr *
-    strength.value)`` (the proximal step of the penalty, the same on every process: their
-    parameters are equal and its alive counts averaged), and ``strength`` is checked every
-    CHECK_STEPS steps against the alive cost, with the deadline at DEADLINE of the phase's
-    steps.
+    strength.value)`` (the proximal step of the penalty, the same on every process, whose
+    parameters DDP keeps equal), and ``strength`` is checked every CHECK_STEPS steps against
+    the alive cost (decided from values averaged over processes), with the deadline at
+    DEADLINE of the phase's steps.
     """
     execution = execution or Execution()
     world = execution.world
