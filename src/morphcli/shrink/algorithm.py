@@ -35,11 +35,19 @@ from morphcli.outputs import save_model, write_atomic
 from morphcli.report.format import human
 from morphcli.shrink.baseline import compare_with_uniform, uniform_start
 from morphcli.shrink.config import ShrinkConfig
-from morphcli.shrink.run import BAND_LOW, REPLICA_NOISE, Run, count_images, fresh_state, prepare
+from morphcli.shrink.run import (
+    BAND_LOW,
+    REPLICA_NOISE,
+    Analysed,
+    Run,
+    count_images,
+    fresh_state,
+    prepare,
+)
 from morphcli.surgery.apply import Init, apply_copies
 from morphcli.surgery.importance import class_importance
 from morphcli.surgery.structure import structure_doc
-from morphcli.surgery.widths import copies_for_widths, multiplier_widths, target_multiplier, top_up
+from morphcli.surgery.widths import copies_for_width, multiplier_widths, target_multiplier, top_up
 
 # lambda auto steers the alive cost to SHRINK_GOAL x min(target, the round's starting
 # cost): below the target, so that the uniform expansion grows the learned structure back
@@ -77,7 +85,7 @@ def _train_learning(run: Run, state: ShrinkState, module, penalty, strength) -> 
             ShrinkState(
                 LEARN, state.round, stats.epoch + 1, module.to_onnx().SerializeToString(),
                 state.report, latest["optimizer"], asdict(strength),
-                scales=penalty.scales.tolist(),
+                scales=penalty.scales.tolist(), round_start=state.round_start,
             )
         )  # fmt: skip
 
@@ -105,6 +113,8 @@ def learn_round(run: Run, state: ShrinkState) -> ShrinkState:
     """Train with the penalty, then remove dead channels and expand to the target at once."""
     config, report = run.config, state.report
     started = time.perf_counter()
+    # A resumed round's checkpoint holds the model it began with besides the current one.
+    state.round_start = state.round_start or state.proto
     module = run.module(state.proto)
     agree = run.world.mean if run.world.distributed else None
     penalty = MorphNetPenalty(
@@ -150,9 +160,10 @@ def learn_round(run: Run, state: ShrinkState) -> ShrinkState:
             f"with --round-to {config.round_to}",
             exit_code=EXIT_BUDGET,
         )
-    copies = copies_for_widths(shrunk.cg, class_importance(shrunk.model, shrunk.cg), widths)
+    start = run.analyse(onnx.load_from_string(state.round_start))
+    copies = expansion_copies(start, trained, shrunk, masks, widths)
     init = Init(noise=REPLICA_NOISE, seed=config.learn.seed + state.round)
-    proto = apply_copies(shrunk.model, shrunk.cg, copies, init)
+    proto = apply_copies(trained.model, trained.cg, copies, init)
     run.world.check_identical(f"the structure after {name}'s surgery", structure_digest(proto))
     expanded = shrunk.snapshot(f"{name} expanded", widths)
     expanded["multiplier"] = omega
@@ -180,6 +191,37 @@ def learn_round(run: Run, state: ShrinkState) -> ShrinkState:
     )  # fmt: skip
     run.checkpoint(next_state)
     return next_state
+
+
+def expansion_copies(
+    start: Analysed,
+    trained: Analysed,
+    shrunk: Analysed,
+    masks: list[np.ndarray],
+    widths: np.ndarray,
+) -> list[np.ndarray]:
+    """Copy counts on the trained model that give each group its expanded width (``widths``,
+    per group of the ``shrunk`` model): its alive channels, then its dead channels of most
+    importance in the round's ``start`` model, then replicas (the most important alive
+    channels first) where the group grows past its full width.
+
+    A dead channel computes a constant (its scale or its filter is zero), so keeping it
+    leaves the function unchanged, and fine-tuning can bring it back: the expansion adds
+    channels that were trained features, not only copies of the survivors (at equal budget,
+    replicas alone cost about 0.6 points on the narrow ResNet at 25% FLOPs).
+    """
+    by_producers = {frozenset(g.producers): g.id for g in shrunk.cg.groups if g.producers}
+    learned = class_importance(trained.model, trained.cg)
+    before = class_importance(start.model, start.cg)
+    copies = []
+    for group, mask, now, then in zip(trained.cg.groups, masks, learned, before, strict=True):
+        if not group.prunable:
+            copies.append(np.ones(group.width, dtype=np.int64))
+            continue
+        width = int(widths[by_producers[frozenset(group.producers)]])
+        rank = np.where(mask, 2.0 + now, then)  # alive first (by their learned importance)
+        copies.append(copies_for_width(rank, width))
+    return copies
 
 
 def _round_warnings(record: dict, unit: str) -> list[str]:
