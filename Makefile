@@ -39,6 +39,7 @@ bench: install
 	$(BIN)/python bench/bench_analyze.py
 	$(BIN)/python bench/bench_wrapper.py --threads 1
 	$(BIN)/python bench/bench_latency.py
+	$(BIN)/python bench/bench_train.py
 
 # Minutes: full Fashion-MNIST from Debian's dataset-fashion-mnist, and torch-pruning (bench only).
 bench-quality: install

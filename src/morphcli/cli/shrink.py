@@ -6,6 +6,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 import click
+from rich.console import Console
 
 from morphcli.cli.common import (
     handle_errors,
@@ -122,7 +123,38 @@ if TYPE_CHECKING:
 @click.option(
     "--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"])
 )
-@click.option("--threads", type=click.IntRange(1, 1024), help="CPU threads for torch.")
+@click.option(
+    "--threads", type=click.IntRange(1, 1024), help="CPU threads for torch (per process)."
+)
+@click.option(
+    "--precision",
+    default="fp32",
+    show_default=True,
+    type=click.Choice(["fp32", "bf16", "fp16"]),
+    help="Training forward precision (autocast; fp16 with loss scaling, CUDA only). The "
+    "penalty, BN statistics and the written weights stay fp32.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(0),
+    help="Data loader processes per training process (default: from the CPU count for "
+    "images and module:function data; 0 for .npz arrays).",
+)
+@click.option(
+    "--augment",
+    default="none",
+    show_default=True,
+    type=click.Choice(["none", "flip", "crop-flip"]),
+    help="Training augmentation of folder images: horizontal flip, or random resized crop "
+    "and flip (validation: resize and center crop).",
+)
+@click.option(
+    "--sync-bn",
+    is_flag=True,
+    help="Under torchrun: normalise training batches with the statistics of the whole "
+    "global batch, not each process's share.",
+)
+@click.option("--compile", "compile_", is_flag=True, help="Train through torch.compile.")
 @click.option(
     "--work-dir",
     type=click.Path(file_okay=False),
@@ -152,6 +184,7 @@ def shrink(model_path: str, output: str, **flags: Any) -> None:
     """MorphNet: learn where channels matter, then fit the model to a FLOPs or params budget."""
     import torch
 
+    from morphcli.learn.distributed import start_world
     from morphcli.learn.progress import Progress
     from morphcli.report.shrink import render_shrink
     from morphcli.shrink.algorithm import run_shrink
@@ -159,13 +192,22 @@ def shrink(model_path: str, output: str, **flags: Any) -> None:
     config = config_from_flags(model_path, output, flags)
     if flags["threads"]:
         torch.set_num_threads(flags["threads"])
+    world = start_world(config.device)
+    # Under torchrun only rank 0 shows progress and writes.
     try:
-        report = run_shrink(config, Progress(stderr))
+        progress = Progress(stderr) if world.main else Progress(Console(quiet=True), live=False)
+        report = run_shrink(config, progress, world)
     except KeyboardInterrupt:
-        print_error(
-            f"the last checkpoint is in {config.work_dir}; continue with --resume", "interrupted"
-        )
+        if world.main:
+            print_error(
+                f"the last checkpoint is in {config.work_dir}; continue with --resume",
+                "interrupted",
+            )
         sys.exit(130)
+    finally:
+        world.close()
+    if not world.main:
+        return
     if flags["as_json"]:
         print_json(report)
     else:
@@ -214,4 +256,9 @@ def config_from_flags(model_path: str, output: str, flags: dict[str, Any]) -> Sh
         std=flags["std"] or (1.0,),
         export_structure=flags["export_structure"],
         baseline=flags["baseline"],
+        precision=flags["precision"],
+        workers=flags["workers"],
+        sync_bn=flags["sync_bn"],
+        compile=flags["compile_"],
+        augment=flags["augment"],
     )

@@ -30,8 +30,9 @@ LEARN, FINETUNE, BASELINE, DONE = "learn", "finetune", "baseline", "done"
 class ShrinkState:
     """A run's position: ``phase`` (learn, finetune, or baseline: fine-tuning the uniform
     baseline), 1-based ``round``, the next ``epoch`` to run in the phase, and what training
-    needs to continue; ``start`` holds the round's starting model while it learns, ``result``
-    the fine-tuned MorphNet model while the baseline trains."""
+    needs to continue (``scales``: the penalty's group scales, fixed when its phase began;
+    ``round_start``: the model the learning round began with); ``result`` holds the
+    fine-tuned MorphNet model while the baseline trains."""
 
     phase: str
     round: int
@@ -41,7 +42,8 @@ class ShrinkState:
     optimizer: dict | None = None
     strength: dict | None = None
     result: bytes | None = None
-    start: bytes | None = None
+    scales: list[float] | None = None
+    round_start: bytes | None = None
 
     def __str__(self) -> str:
         where = {

@@ -78,11 +78,11 @@ def _check_member(member: Any, info: zipfile.ZipInfo, where: str) -> None:
             f"{dtype}) but stores {stored}: the file is truncated or corrupt",
             file=where,
         )
-    # Read as stored, then copied to float32 for training.
-    check_memory(declared + 4 * prod(shape), f"array {name!r}", file=where)
+    if info.compress_type != zipfile.ZIP_STORED:  # decompressed whole (stored ones are mapped)
+        check_memory(declared, f"array {name!r}", file=where)
 
 
-def read_image(path: Path, decode: Callable[[Any], np.ndarray]) -> np.ndarray:
+def read_image(path: Path, decode: Callable[[Any], Any]) -> Any:
     """``decode(image)`` of the image at ``path``, opened under Pillow's bomb limit."""
     from PIL import Image
 

@@ -171,8 +171,15 @@ class MorphNetPenalty:
             ``module.tensor(name)`` the live parameters.
         resource: "flops" or "params". Defaults to "flops".
         mode: "auto", "gamma" or "group_lasso" (see the module docstring). Defaults to "auto".
-        scales: Every group's scale ``s`` (see the module docstring). Defaults to the means of
-            the module's current ``p``.
+        agree: Maps every group's ``p`` values (one float64 array, all groups' sources
+            concatenated) to the values that decide which channels are alive in
+            ``alive_masks``, ``alive_widths`` and ``cost`` (lambda's checks, surgery); under
+            DistributedDataParallel, the mean over processes (``World.mean``), so every
+            process takes the same decisions. The per-step weights of ``__call__`` and
+            ``shrink`` use the values as they are (DDP keeps the parameters equal on every
+            process), which spares a collective per step. Defaults to None.
+        scales: Each group's ``s`` (``scales``); a phase resumed from a checkpoint passes the
+            ones its penalty started with. Defaults to None (measured now).
     """
 
     def __init__(
@@ -180,13 +187,15 @@ class MorphNetPenalty:
         module: torch.nn.Module,
         resource: str = "flops",
         mode: str = "auto",
-        scales: np.ndarray | None = None,
+        agree: Callable[[np.ndarray], np.ndarray] | None = None,
+        scales: list[float] | np.ndarray | None = None,
     ):
         from morphcli.graph.builder import build_channel_graph
 
         model = module.model
         cg = build_channel_graph(model)
         self._setup(cg, build_cost_model(model, cg), module.tensor, resource, mode, scales)
+        self.agree = agree
 
     @classmethod
     def over(
@@ -200,6 +209,7 @@ class MorphNetPenalty:
         """The penalty over an analysed graph, reading constants through ``tensor(name)``."""
         penalty = cls.__new__(cls)
         penalty._setup(cg, cm, tensor, resource, mode, None)
+        penalty.agree = None
         return penalty
 
     def _setup(
@@ -236,17 +246,22 @@ class MorphNetPenalty:
         """Every group's member vectors, one per source."""
         return [[s.vector(self._tensor(s.const)) for s in sources] for sources in self.sources]
 
-    def _masks(self, members: list[list[torch.Tensor]]) -> list[np.ndarray]:
+    def _masks(self, members: list[list[torch.Tensor]], agreed: bool = False) -> list[np.ndarray]:
+        values = [[v.detach().double().cpu().numpy() for v in vectors] for vectors in members]
+        if agreed and self.agree is not None:
+            flat = [array for arrays in values for array in arrays]
+            agreed = self.agree(np.concatenate(flat) if flat else np.zeros(0))
+            values = _split_like(agreed, values)
         masks = []
         for group, sources, vectors in zip(
-            self.channel_graph.groups, self.sources, members, strict=True
+            self.channel_graph.groups, self.sources, values, strict=True
         ):
             if not sources:
                 masks.append(np.ones(group.width, dtype=bool))
                 continue
             mask = np.zeros(group.width, dtype=bool)
             for source, vector in zip(sources, vectors, strict=True):
-                mask |= source.alive(vector.detach().double().cpu().numpy())
+                mask |= source.alive(vector)
             masks.append(mask)
         return masks
 
@@ -257,7 +272,7 @@ class MorphNetPenalty:
     def alive_masks(self) -> list[np.ndarray]:
         """For each group, which of its classes are alive (all of them without a source)."""
         with torch.no_grad():
-            return self._masks(self._members())
+            return self._masks(self._members(), agreed=True)
 
     def alive_widths(self) -> np.ndarray:
         """The alive channel count of every group."""
@@ -311,6 +326,13 @@ class MorphNetPenalty:
                     for key in ("momentum_buffer", "exp_avg"):
                         if state.get(key) is not None:
                             source.scale(state[key], (factor > 0).to(state[key].dtype))
+
+
+def _split_like(flat: np.ndarray, nested: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
+    """``flat`` cut back into pieces the sizes of ``nested``'s arrays, in order."""
+    sizes = [len(array) for arrays in nested for array in arrays]
+    pieces = iter(np.split(flat, np.cumsum(sizes)[:-1]))
+    return [[next(pieces) for _ in arrays] for arrays in nested]
 
 
 def _combined(vectors: list[torch.Tensor]) -> torch.Tensor | None:

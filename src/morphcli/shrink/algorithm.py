@@ -7,6 +7,11 @@ Each round trains ``task + lambda * penalty`` (``learn``), removes every group's
 Net2WiderNet replicas with symmetry-breaking noise in the consumers, so the function is
 unchanged. After the last round the structure is fine-tuned without the penalty. State is
 checkpointed after every epoch (``checkpoint``).
+
+Under ``torchrun`` every process runs this same algorithm on its share of the data: alive
+channels and lambda come from values averaged over processes, the structure after each
+surgery is compared across processes (a difference stops the run), and only rank 0 writes
+checkpoints, the model and the structure file.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import torch
 
 from morphcli.errors import EXIT_BUDGET, MorphError
 from morphcli.learn.checkpoint import BASELINE, DONE, FINETUNE, LEARN, ShrinkState
+from morphcli.learn.distributed import World, structure_digest
 from morphcli.learn.penalty import MorphNetPenalty
 from morphcli.learn.progress import Progress
 from morphcli.learn.strength import Strength
@@ -29,7 +35,15 @@ from morphcli.outputs import save_model, write_atomic
 from morphcli.report.format import human
 from morphcli.shrink.baseline import compare_with_uniform, uniform_start
 from morphcli.shrink.config import ShrinkConfig
-from morphcli.shrink.run import BAND_LOW, REPLICA_NOISE, Analysed, Run, fresh_state, prepare
+from morphcli.shrink.run import (
+    BAND_LOW,
+    REPLICA_NOISE,
+    Analysed,
+    Run,
+    count_images,
+    fresh_state,
+    prepare,
+)
 from morphcli.surgery.apply import Init, apply_copies, check_result
 from morphcli.surgery.importance import class_importance
 from morphcli.surgery.structure import structure_doc
@@ -56,10 +70,9 @@ def _initial_strength(run: Run, penalty: MorphNetPenalty) -> Strength:
     return Strength.calibrated(penalty, goal, learn.base_lr, max(1, round(DEADLINE * steps)))
 
 
-def _train_learning(run: Run, state: ShrinkState, start: bytes, module, penalty, strength) -> None:
+def _train_learning(run: Run, state: ShrinkState, module, penalty, strength) -> None:
     """The round's structure-learning epochs, then, with lambda auto and while the alive cost
-    is over the target, up to as many again (lambda keeps rising while the cost stalls);
-    ``start`` is the round's starting model, kept in every checkpoint."""
+    is over the target, up to as many again (lambda keeps rising while the cost stalls)."""
     config, train = run.config, run.data.train
     epochs = config.learn.total_epochs(len(train))
     latest = {"optimizer": state.optimizer}
@@ -67,10 +80,12 @@ def _train_learning(run: Run, state: ShrinkState, start: bytes, module, penalty,
 
     def on_epoch(stats, optimizer) -> None:
         latest["optimizer"] = optimizer.state_dict()
+        count_images(state.report, f"round {state.round} learn", stats)
         run.checkpoint(
             ShrinkState(
                 LEARN, state.round, stats.epoch + 1, module.to_onnx().SerializeToString(),
-                state.report, latest["optimizer"], asdict(strength), start=start,
+                state.report, latest["optimizer"], asdict(strength),
+                scales=penalty.scales.tolist(), round_start=state.round_start,
             )
         )  # fmt: skip
 
@@ -89,7 +104,7 @@ def _train_learning(run: Run, state: ShrinkState, start: bytes, module, penalty,
         fit(
             module, train, run.objective, schedule, run.device, run.progress, label,
             penalty=penalty, strength=strength, start_epoch=epoch,
-            optimizer_state=latest["optimizer"], on_epoch=on_epoch,
+            optimizer_state=latest["optimizer"], on_epoch=on_epoch, execution=run.execution,
         )  # fmt: skip
         epoch = schedule.total_epochs(len(train))
 
@@ -98,17 +113,21 @@ def learn_round(run: Run, state: ShrinkState) -> ShrinkState:
     """Train with the penalty, then remove dead channels and expand to the target at once."""
     config, report = run.config, state.report
     started = time.perf_counter()
-    start = state.start or state.proto  # resumed mid-round, or the round's own start
-    scales = None
-    if state.start is not None:  # the penalty's scales are the starting model's
-        scales = MorphNetPenalty(run.module(start), config.resource, config.mode).scales
+    # A resumed round's checkpoint holds the model it began with besides the current one.
+    state.round_start = state.round_start or state.proto
     module = run.module(state.proto)
-    penalty = MorphNetPenalty(module, config.resource, config.mode, scales=scales)
+    agree = run.world.mean if run.world.distributed else None
+    penalty = MorphNetPenalty(
+        module, config.resource, config.mode, agree=agree, scales=state.scales
+    )
     strength = Strength(**state.strength) if state.strength else _initial_strength(run, penalty)
-    initial = run.analyse(onnx.load_from_string(start))
+    initial = run.analyse(onnx.load_from_string(state.round_start))
     round_start = initial.cm.resource(config.resource)
-    _train_learning(run, state, start, module, penalty, strength)
-    recalibrate(module, run.data.train, config.learn.batch_size, run.device, config.learn.seed)
+    _train_learning(run, state, module, penalty, strength)
+    recalibrate(
+        module, run.data.train, config.learn.batch_size, run.device, config.learn.seed,
+        execution=run.execution,
+    )  # fmt: skip
     name = f"round {state.round}"
     report["validation"][f"{name} learned"] = run.evaluate(module)
     report["time_s"][f"{name} learn"] = time.perf_counter() - started
@@ -142,11 +161,10 @@ def learn_round(run: Run, state: ShrinkState) -> ShrinkState:
             f"with --round-to {config.round_to}",
             exit_code=EXIT_BUDGET,
         )
-    copies = expansion_copies(
-        run.analyse(onnx.load_from_string(start)), trained, shrunk, masks, widths
-    )
+    copies = expansion_copies(initial, trained, shrunk, masks, widths)
     init = Init(noise=REPLICA_NOISE, seed=config.learn.seed + state.round)
     proto = apply_copies(trained.model, trained.cg, copies, init)
+    run.world.check_identical(f"the structure after {name}'s surgery", structure_digest(proto))
     expanded = shrunk.snapshot(f"{name} expanded", widths)
     expanded["multiplier"] = omega
     report["steps"].append(expanded)
@@ -250,6 +268,7 @@ def finetune(run: Run, state: ShrinkState) -> ShrinkState:
     after = BASELINE if config.baseline else DONE
 
     def on_epoch(stats, optimizer) -> None:
+        count_images(report, "finetune", stats)
         proto = module.to_onnx().SerializeToString()
         run.checkpoint(
             ShrinkState(FINETUNE, state.round, stats.epoch + 1, proto, report,
@@ -259,6 +278,7 @@ def finetune(run: Run, state: ShrinkState) -> ShrinkState:
     fit(
         module, run.data.train, run.objective, schedule, run.device, run.progress, "fine-tune",
         start_epoch=state.epoch, optimizer_state=state.optimizer, on_epoch=on_epoch,
+        execution=run.execution,
     )  # fmt: skip
     report["validation"]["final"] = run.evaluate(module)
     report["time_s"]["finetune"] = time.perf_counter() - started
@@ -270,17 +290,19 @@ def finetune(run: Run, state: ShrinkState) -> ShrinkState:
     return next_state
 
 
-def run_shrink(config: ShrinkConfig, progress: Progress) -> dict:
-    """Algorithm 1 end to end; writes ``config.output`` (and ``config.report``) and returns
-    the report. A run that fails removes what it created (an interrupted one keeps its
-    checkpoint for ``--resume``); the model is written only if it passes ``check_result``.
+def run_shrink(config: ShrinkConfig, progress: Progress, world: World | None = None) -> dict:
+    """Algorithm 1 end to end; writes ``config.output`` (and ``config.report``; rank 0 of
+    ``world`` alone) and returns the report. A run that fails removes what it created (an
+    interrupted one keeps its checkpoint for ``--resume``); the model is written only if it
+    passes ``check_result``.
 
     Raises:
         MorphError: bad input (exit 2), or a target that cannot be met or training that
             diverged (exit 1).
     """
-    torch.manual_seed(config.learn.seed)
-    run = prepare(config, progress)
+    run = prepare(config, progress, world)
+    # Ranks draw different dropout masks; everything structural is seeded on its own.
+    torch.manual_seed(config.learn.seed + run.world.rank)
     with run.outputs:
         if run.resumed is not None:
             state = run.resumed
@@ -288,6 +310,8 @@ def run_shrink(config: ShrinkConfig, progress: Progress) -> dict:
         else:
             state = fresh_state(run)
             run.checkpoint(state)
+        state.report["training"] = run.execution.describe()
+        progress.note(f"training: {run.execution}")
         while state.phase == LEARN:
             state = learn_round(run, state)
         if state.phase == FINETUNE:
@@ -310,6 +334,8 @@ def run_shrink(config: ShrinkConfig, progress: Progress) -> dict:
                 f"the target {human(run.target)}",
                 exit_code=EXIT_BUDGET,
             )
+        if not run.world.main:
+            return report
         check_result(proto, run.model)
         save_model(proto, config.output)
         if config.export_structure:

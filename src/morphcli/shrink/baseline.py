@@ -12,7 +12,7 @@ import onnx
 
 from morphcli.learn.checkpoint import BASELINE, DONE, ShrinkState
 from morphcli.learn.train import fit
-from morphcli.shrink.run import BAND_LOW, REPLICA_NOISE, Analysed, Run
+from morphcli.shrink.run import BAND_LOW, REPLICA_NOISE, Analysed, Run, count_images
 from morphcli.surgery.apply import Init, apply_copies
 from morphcli.surgery.importance import class_importance
 from morphcli.surgery.widths import copies_for_widths, multiplier_widths, target_multiplier, top_up
@@ -59,6 +59,7 @@ def compare_with_uniform(run: Run, state: ShrinkState) -> ShrinkState:
     schedule = replace(config.learn, epochs=epochs, steps=None, cosine=True)
 
     def on_epoch(stats, optimizer) -> None:
+        count_images(report, "baseline", stats)
         run.checkpoint(
             ShrinkState(
                 BASELINE, state.round, stats.epoch + 1, module.to_onnx().SerializeToString(),
@@ -69,7 +70,7 @@ def compare_with_uniform(run: Run, state: ShrinkState) -> ShrinkState:
     fit(
         module, run.data.train, run.objective, schedule, run.device, run.progress,
         "uniform baseline", start_epoch=state.epoch, optimizer_state=state.optimizer,
-        on_epoch=on_epoch,
+        on_epoch=on_epoch, execution=run.execution,
     )  # fmt: skip
     uniform = module.to_onnx()
     validation = run.evaluate(module)

@@ -37,6 +37,11 @@ class ShrinkConfig:
     std: tuple[float, ...] = (1.0,)
     export_structure: str | None = None
     baseline: str | None = None
+    precision: str = "fp32"
+    workers: int | None = None
+    sync_bn: bool = False
+    compile: bool = False
+    augment: str = "none"
 
     def fingerprint(self) -> dict:
         return {

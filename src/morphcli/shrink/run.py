@@ -1,14 +1,15 @@
 """What stays fixed during a shrink run: the input model, the target, the data, the loss and
-the device, read and checked once up front (``prepare``)."""
+how training runs (device, processes, precision, loader workers), read and checked once up
+front (``prepare``)."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
-import torch
 
 from morphcli.errors import EXIT_BUDGET, MorphError
 from morphcli.graph.builder import build_channel_graph
@@ -16,9 +17,13 @@ from morphcli.graph.channels import ChannelGraph
 from morphcli.graph.model import Model, load_model, model_from_proto
 from morphcli.learn.checkpoint import LEARN, ShrinkState, load_state, save_state
 from morphcli.learn.data import DataSplit, ImageOptions, split_data
+from morphcli.learn.distributed import World, resolve_device
+from morphcli.learn.execution import Execution
+from morphcli.learn.loading import default_workers, local_batch_size
 from morphcli.learn.objective import Objective
+from morphcli.learn.precision import Precision
 from morphcli.learn.progress import Progress
-from morphcli.learn.train import evaluate
+from morphcli.learn.train import EpochStats, evaluate
 from morphcli.learn.wrapper import OnnxModule
 from morphcli.outputs import OutputPlan
 from morphcli.report.format import human
@@ -78,7 +83,8 @@ class Analysed:
 
 @dataclass
 class Run:
-    """What stays fixed during a run: the input model, the target, data, loss and device."""
+    """What stays fixed during a run: the input model, the target, data, loss and how it
+    trains (``execution``: the device, the processes, precision and loader workers)."""
 
     config: ShrinkConfig
     progress: Progress
@@ -86,9 +92,17 @@ class Run:
     target: float
     data: DataSplit
     objective: Objective
-    device: str
+    execution: Execution
     outputs: OutputPlan
     resumed: ShrinkState | None = None
+
+    @property
+    def world(self) -> World:
+        return self.execution.world
+
+    @property
+    def device(self) -> str:
+        return self.execution.world.device
 
     @property
     def unit(self) -> str:
@@ -112,27 +126,47 @@ class Run:
 
     def evaluate(self, module: OnnxModule) -> dict[str, float | None]:
         loss, accuracy = evaluate(
-            module, self.data.val, self.objective, self.config.learn.batch_size, self.device
-        )
+            module, self.data.val, self.objective, self.config.learn.batch_size, self.device,
+            execution=self.execution,
+        )  # fmt: skip
         return {"loss": loss, "accuracy": accuracy}
 
     def checkpoint(self, state: ShrinkState) -> None:
-        save_state(self.config.work_dir, self.config.fingerprint(), state)
+        """Save ``state`` (the main process alone writes)."""
+        if self.world.main:
+            save_state(self.config.work_dir, self.config.fingerprint(), state)
 
 
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise MorphError("--device cuda: no CUDA device is available")
-    return device
+def count_images(report: dict, phase: str, stats: EpochStats) -> None:
+    """Add an epoch's images and seconds to the phase's throughput in the report."""
+    seen = report["throughput"].setdefault(phase, {"images": 0, "seconds": 0.0})
+    seen["images"] += stats.images
+    seen["seconds"] += stats.seconds
+    seen["images_per_s"] = seen["images"] / seen["seconds"] if seen["seconds"] else 0.0
 
 
-def prepare(config: ShrinkConfig, progress: Progress) -> Run:
-    """Load the model, check the target against what can be reached, read the data."""
+def _execution(config: ShrinkConfig, world: World, data: DataSplit) -> Execution:
+    """How to train: ``--precision`` checked against the device, the global batch against
+    the number of processes, ``--workers`` or its default."""
+    precision = Precision.for_device(config.precision, world.device)
+    local_batch_size(config.learn.batch_size, world)
+    workers = config.workers
+    if workers is None:
+        workers = default_workers(data.train, world.local_size)
+    return Execution(world, precision, workers, config.sync_bn, config.compile)
+
+
+def prepare(config: ShrinkConfig, progress: Progress, world: World | None = None) -> Run:
+    """Load the model, check the outputs and the target against what can be reached, read
+    the data (and the checkpoint to resume), settle how to train (in ``world``; default:
+    this process alone on ``config.device``)."""
+    world = world or World(device=resolve_device(config.device))
     model = load_model(config.model, config.input_shapes, probe=True)
-    outputs = check_outputs(config, model)
-    resumed = load_state(config.work_dir, config.fingerprint()) if config.resume else None
+    # Only the main process writes, so only it checks (and probes) the outputs.
+    outputs = check_outputs(config, model) if world.main else OutputPlan(model.input_files())
+    resumed = None
+    if config.resume:
+        resumed = world.from_main(lambda: load_state(config.work_dir, config.fingerprint()))
     if len(model.graph.inputs) != 1:
         raise MorphError(
             f"shrink trains models with one input; this one has {len(model.graph.inputs)}",
@@ -152,6 +186,10 @@ def prepare(config: ShrinkConfig, progress: Progress) -> Run:
             exit_code=EXIT_BUDGET,
         )
     check_growth(analysed, config, target, flag)
+    if config.augment != "none" and not Path(config.data).is_dir():
+        raise MorphError(
+            f"--augment {config.augment} augments image folders; --data {config.data} is not one"
+        )
     (shape,) = model.input_shapes.values()
     check_image_size(config, shape)
     images = ImageOptions(
@@ -159,16 +197,17 @@ def prepare(config: ShrinkConfig, progress: Progress) -> Run:
         size=config.image_size or tuple(shape[2:4]),
         mean=config.mean,
         std=config.std,
+        augment=config.augment,
     )
     data = split_data(config.data, config.val_data, tuple(shape[1:]), images, config.learn.seed)
     check_data_labels(config, model, data)
-    device = resolve_device(config.device)
-    objective = _objective(config, data, model)
+    execution = _execution(config, world, data)
+    objective = _objective(config, data, model, world.device)
     progress.note(f"data: {data}; loss: {_loss_name(objective)}")
-    return Run(config, progress, model, target, data, objective, device, outputs, resumed)
+    return Run(config, progress, model, target, data, objective, execution, outputs, resumed)
 
 
-def _objective(config: ShrinkConfig, data: DataSplit, model: Model) -> Objective:
+def _objective(config: ShrinkConfig, data: DataSplit, model: Model, device: str) -> Objective:
     """Cross entropy on labels, distillation from the input model without them (or with
     ``--loss distill``), or both mixed by ``--distill-weight``."""
     if config.loss == "ce" and not data.labelled:
@@ -183,7 +222,7 @@ def _objective(config: ShrinkConfig, data: DataSplit, model: Model) -> Objective
     distills = config.loss == "distill" or (config.loss == "auto" and not data.labelled)
     if not distills and not weight:
         return Objective()
-    teacher = OnnxModule.from_onnx(model).to(resolve_device(config.device))
+    teacher = OnnxModule.from_onnx(model).to(device)
     teacher.eval().requires_grad_(False)
     return Objective(teacher, config.temperature, 1.0 if distills else weight)
 
@@ -211,6 +250,7 @@ def fresh_state(run: Run) -> ShrinkState:
         "rounds": [],
         "warnings": [],
         "time_s": {},
+        "throughput": {},
     }
     report["time_s"]["prepare"] = time.perf_counter() - started
     return ShrinkState(LEARN, 1, 0, proto, report)
