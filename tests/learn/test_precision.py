@@ -82,3 +82,17 @@ def test_compile_wraps_the_trained_module():
         assert model is not module and model._orig_mod is module
     with Execution().training(module, Objective()) as model:
         assert model is module
+
+
+def test_the_gradient_is_clipped_to_its_maximum_norm():
+    from morphcli.learn.precision import MAX_GRAD_NORM
+
+    weight = torch.nn.Parameter(torch.zeros(4))
+    optimizer = torch.optim.SGD([weight], lr=1.0)
+    loss = (weight * torch.tensor([300.0, 0.0, 0.0, 0.0])).sum()  # gradient norm 300
+    Precision.for_device("fp32", "cpu").step(loss, optimizer)
+    assert float(weight.detach().norm()) == pytest.approx(MAX_GRAD_NORM)
+    small = torch.nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.SGD([small], lr=1.0)
+    Precision.for_device("fp32", "cpu").step((small * torch.tensor([0.3, 0.4])).sum(), optimizer)
+    assert float(small.detach().norm()) == pytest.approx(0.5)  # a normal gradient untouched

@@ -161,3 +161,19 @@ def test_training_lowers_the_loss(tmp_path):
     after, accuracy = evaluate(net, data, Objective(), 32, "cpu")
     assert after < 0.8 * before, (before, after)
     assert accuracy > 0.7
+
+
+def test_a_nearly_constant_output_does_not_dominate_distillation():
+    # A detector's objectness on inputs with nothing in them barely varies (variance 1e-12):
+    # a 1e-3 deviation there must not weigh a million times more than the other outputs.
+    torch.manual_seed(0)
+    varied, flat = torch.randn(8, 4, 3), torch.full((8, 4, 1), 1e-6) + 1e-6 * torch.rand(8, 4, 1)
+
+    class Teacher(nn.Module):
+        def forward(self, x):
+            return varied, flat
+
+    objective = Objective(Teacher())
+    off = objective((varied + 0.1 * torch.randn(8, 4, 3), flat + 1e-3), varied, None)
+    assert 0.005 < float(off) < 0.1, float(off)
+    assert float(objective((varied, flat), varied, None)) == 0.0
