@@ -88,7 +88,8 @@ if TYPE_CHECKING:
     default="auto",
     show_default=True,
     type=click.Choice(["auto", "ce", "distill"]),
-    help="Cross entropy on labels, or distillation from the input model.",
+    help="auto: labels mixed with distillation (--distill-weight), or distillation alone "
+    "without labels; ce: labels alone; distill: distillation alone.",
 )
 @click.option(
     "--temperature",
@@ -99,9 +100,9 @@ if TYPE_CHECKING:
 )
 @click.option(
     "--distill-weight",
-    type=Finite(min=0, max=1, min_open=True),
+    type=Finite(min=0, max=1),
     help="With labels: the share of distillation from the input model in the loss "
-    "((1 - W) x cross entropy + W x KL on logits). Default: labels alone.",
+    "((1 - W) x cross entropy + W x KL on logits). Default 0.5; 0: labels alone.",
 )
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
 @click.option(

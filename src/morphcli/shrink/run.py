@@ -41,6 +41,10 @@ from morphcli.surgery.widths import multiplier_widths
 
 # A multiplier that leaves every removable group at its narrowest width.
 NARROWEST = 1e-9
+# With labels, the loss is (1 - w) x cross entropy + w x distillation from the input model:
+# on the narrow Fashion-MNIST ResNet at 25% FLOPs (2 seeds) w = 0.5 lifted both MorphNet
+# (+0.5 points) and the uniform baseline (+0.4) over cross entropy alone.
+DISTILL_WEIGHT = 0.5
 # The result must land in [BAND_LOW, 1] x target.
 BAND_LOW = 0.97
 # Replicas' consumer columns get zero-sum noise of this many weight standard deviations.
@@ -208,8 +212,9 @@ def prepare(config: ShrinkConfig, progress: Progress, world: World | None = None
 
 
 def _objective(config: ShrinkConfig, data: DataSplit, model: Model, device: str) -> Objective:
-    """Cross entropy on labels, distillation from the input model without them (or with
-    ``--loss distill``), or both mixed by ``--distill-weight``."""
+    """Cross entropy on labels mixed with distillation from the input model (by
+    ``--distill-weight``, DISTILL_WEIGHT by default), cross entropy alone (``--loss ce`` or
+    a weight of 0), or distillation alone (no labels, or ``--loss distill``)."""
     if config.loss == "ce" and not data.labelled:
         raise MorphError(f"--loss ce: --data {config.data} has no labels")
     weight = config.distill_weight
@@ -219,12 +224,17 @@ def _objective(config: ShrinkConfig, data: DataSplit, model: Model, device: str)
             f"--distill-weight mixes cross entropy on labels with distillation: {why} "
             f"{'gives one loss' if config.loss != 'auto' else 'has no labels'}"
         )
-    distills = config.loss == "distill" or (config.loss == "auto" and not data.labelled)
-    if not distills and not weight:
+    if config.loss == "distill" or not data.labelled:
+        weight = 1.0
+    elif config.loss == "ce":
+        weight = 0.0
+    elif weight is None:
+        weight = DISTILL_WEIGHT
+    if not weight:
         return Objective()
     teacher = OnnxModule.from_onnx(model).to(device)
     teacher.eval().requires_grad_(False)
-    return Objective(teacher, config.temperature, 1.0 if distills else weight)
+    return Objective(teacher, config.temperature, weight)
 
 
 def _loss_name(objective: Objective) -> str:
