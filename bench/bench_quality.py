@@ -10,10 +10,14 @@ uniform run ``--paired-seeds`` seeds, the others ``--other-seeds``. Each run's m
 once, at the end, on the full 10k test split; FLOPs are counted on the written ONNX file by
 morphcli's cost model. The table gives mean and standard deviation over seeds and the paired
 difference to MorphNet with its 95% t interval; every run is saved to
-``bench/results/quality.json`` as it finishes.
+``bench/results/quality.json`` as it finishes, and a later invocation with the same training
+settings keeps those runs and runs the rest (``--fresh`` reruns everything). Every method
+fine-tunes with the same loss: cross entropy mixed with distillation from the seed
+(``--distill-weight``, 0.5). The from-scratch structure test (``scratch-learned`` against
+``scratch-uniform``, labels only, no teacher) runs at ``--scratch-targets``.
 
     python bench/bench_quality.py            # the full benchmark (about 90 minutes, 2 cores)
-    python bench/bench_quality.py --quick    # a smaller run (under 10 minutes)
+    python bench/bench_quality.py --quick --out /tmp/quick.json   # under 10 minutes
 
 Needs the full Fashion-MNIST (Debian's dataset-fashion-mnist) and the bench-only packages
 torch-pruning and onnxsim==0.8.1 (``make bench-quality`` installs them).
@@ -26,7 +30,6 @@ import json
 import multiprocessing
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -157,53 +160,97 @@ def main() -> None:
     parser.add_argument("--learn-epochs", type=int, default=2)
     parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument("--scratch-epochs", type=int, default=4)
+    parser.add_argument("--scratch-targets", default="25", help="targets of the scratch test")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.01)
-    parser.add_argument("--distill-weight", type=float, default=None)
+    parser.add_argument("--distill-weight", type=float, default=0.5, help="every method's")
     parser.add_argument("--tp-reg", type=float, default=1e-4, help="Torch-Pruning's BN L1 reg")
     parser.add_argument("--workers", type=int, default=2, help="processes of 1 thread each")
     parser.add_argument("--quick", action="store_true", help="2 models, 25%%, 2+1 seeds, 6k")
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument(
+        "--fresh", action="store_true", help="rerun every run (default: keep the runs --out "
+        "already holds with the same training settings, and run the rest)"
+    )  # fmt: skip
     args = parser.parse_args()
     if args.quick:
         args.models, args.targets, args.paired_seeds, args.other_seeds = "resnet,vgg", "25", 2, 1
         args.train_samples, args.learn_epochs, args.finetune_epochs = 6_000, 1, 1
         args.scratch_epochs = 2
-    methods = args.methods.split(",")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    kept = [] if args.fresh else _kept_runs(out, args)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as folder:
-        work = Path(folder)
-        train, val, test = _data(work, args.train_samples, args.val_samples)
-        test_set = dataset(test)
-        base = {}
-        for name in args.models.split(","):
-            seed_path = ROOT / "sample_models" / f"{name}_fashion_trained.onnx"
-            base[name] = {"flops": flops_of(seed_path), "accuracy": accuracy(seed_path, test_set)}
-        jobs = []
-        for name in args.models.split(","):
-            for target in (int(t) for t in args.targets.split(",")):
-                for seed in range(args.paired_seeds):
-                    mine = [
-                        m for m in methods
-                        if seed < args.other_seeds or m in ("morphnet", "uniform")
-                    ]  # fmt: skip
-                    setting = Setting(
-                        name, target, seed, str(work), train, val, test, args.learn_epochs,
-                        args.finetune_epochs, args.scratch_epochs, args.batch_size, args.lr,
-                        args.distill_weight, args.tp_reg,
-                    )  # fmt: skip
-                    jobs.append((setting, tuple(mine), 1))
-        results: list[dict] = []
-        context = multiprocessing.get_context("spawn")
-        with context.Pool(args.workers) as pool:
-            for batch in pool.imap_unordered(run_job, jobs):
-                results += batch
-                _save(out, args, base, results, time.perf_counter() - started)
+    # The work folder persists: a later run's scratch test reads the structures of the
+    # morphnet and uniform runs kept from an earlier one.
+    work = ROOT / "build" / "quality"
+    work.mkdir(parents=True, exist_ok=True)
+    data = _data(work, args.train_samples, args.val_samples)
+    test_set = dataset(data[2])
+    names = dict.fromkeys([*args.models.split(","), *(r["model"] for r in kept)])
+    base = {}
+    for name in names:
+        seed_path = ROOT / "sample_models" / f"{name}_fashion_trained.onnx"
+        base[name] = {"flops": flops_of(seed_path), "accuracy": accuracy(seed_path, test_set)}
+    results: list[dict] = list(kept)
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(args.workers) as pool:
+        for batch in pool.imap_unordered(run_job, _jobs(args, kept, work, data)):
+            results += batch
+            _save(out, args, base, results, time.perf_counter() - started)
     rows = summarise(results, base)
     render(rows, base)
     _save(out, args, base, results, time.perf_counter() - started, rows)
+
+
+def _jobs(
+    args: argparse.Namespace, kept: list[dict], work: Path, data: tuple[str, str, str]
+) -> list[tuple[Setting, tuple[str, ...], int]]:
+    """One job per (model, target, seed): the methods that run at that seed and are not
+    kept from an earlier run, in order (the scratch test reads the structures of the
+    morphnet and uniform runs)."""
+    done = {(r["model"], r["target"], r["seed"], r["method"]) for r in kept}
+    methods = args.methods.split(",")
+    jobs = []
+    for name in args.models.split(","):
+        for target in (int(t) for t in args.targets.split(",")):
+            scratch = str(target) in args.scratch_targets.split(",")
+            for seed in range(args.paired_seeds):
+                mine = [
+                    m for m in methods
+                    if (seed < args.other_seeds or m in ("morphnet", "uniform"))
+                    and (scratch or m not in SCRATCH)
+                    and (name, target, seed, m) not in done
+                ]  # fmt: skip
+                if not mine:
+                    continue
+                setting = Setting(
+                    name, target, seed, str(work), *data, args.learn_epochs,
+                    args.finetune_epochs, args.scratch_epochs, args.batch_size, args.lr,
+                    args.distill_weight, args.tp_reg,
+                )  # fmt: skip
+                jobs.append((setting, tuple(mine), 1))
+    return jobs
+
+
+# Settings that change what a run measures: runs saved under other values are not kept.
+TRAINING_SETTINGS = (
+    "train_samples", "val_samples", "learn_epochs", "finetune_epochs", "scratch_epochs",
+    "batch_size", "lr", "distill_weight", "tp_reg",
+)  # fmt: skip
+
+
+def _kept_runs(out: Path, args: argparse.Namespace) -> list[dict]:
+    """The runs ``out`` already holds, if they were made with the same training settings."""
+    if not out.exists():
+        return []
+    doc = json.loads(out.read_text())
+    saved = doc.get("settings", {})
+    if any(saved.get(k) != getattr(args, k) for k in TRAINING_SETTINGS):
+        return []
+    return [
+        r for r in doc.get("runs", []) if r.get("accuracy") is not None or r["method"] == "onnxsim"
+    ]
 
 
 def _save(out, args, base, results, seconds, rows=None) -> None:
