@@ -40,10 +40,12 @@ bench: install
 	$(BIN)/python bench/bench_wrapper.py --threads 1
 	$(BIN)/python bench/bench_latency.py
 	$(BIN)/python bench/bench_latency_shrink.py
+	$(BIN)/python bench/bench_train.py
 
 # Minutes: full Fashion-MNIST from Debian's dataset-fashion-mnist, and torch-pruning (bench only).
 bench-quality: install
-	$(BIN)/pip install --quiet --no-deps "torch-pruning>=1.4"
+	test -d /usr/share/datasets/fashion-mnist || (apt-get update && apt-get install -y dataset-fashion-mnist)
+	$(BIN)/pip install --quiet --no-deps "torch-pruning>=1.4" "onnxsim==0.8.1"
 	$(BIN)/python bench/bench_quality.py
 
 clean:

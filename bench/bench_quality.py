@@ -1,279 +1,266 @@
-"""Quality benchmark: MorphNet shrink against two baselines at equal FLOPs on Fashion-MNIST.
+"""Quality benchmark: MorphNet ``shrink`` against the simple alternatives at equal FLOPs.
 
-From the trained ResNet-style sample, at each FLOPs target (a fraction of its FLOPs):
+From each trained seed model (``sample_models/*_fashion_trained.onnx``: the narrow ResNet and
+three over-parameterized nets), at each FLOPs target (a percent of the seed's FLOPs), every
+method of ``quality_methods`` produces a fine-tuned model with the same training data, the
+same SGD settings and the same total training epochs (MorphNet: learning + fine-tuning;
+the others: as many epochs of fine-tuning, Torch-Pruning: as many of sparse training and
+fine-tuning). Seeds are paired: seed s fixes the data order of every method. MorphNet and
+uniform run ``--paired-seeds`` seeds, the others ``--other-seeds``. Each run's model is scored
+once, at the end, on the full 10k test split; FLOPs are counted on the written ONNX file by
+morphcli's cost model. The table gives mean and standard deviation over seeds and the paired
+difference to MorphNet with its 95% t interval; every run is saved to
+``bench/results/quality.json`` as it finishes, and a later invocation with the same training
+settings keeps those runs and runs the rest (``--fresh`` reruns everything). Every method
+fine-tunes with the same loss: cross entropy mixed with distillation from the seed
+(``--distill-weight``, 0.5). The from-scratch structure test (``scratch-learned`` against
+``scratch-uniform``, labels only, no teacher) runs at ``--scratch-targets``.
 
-- morphnet: ``morphnet shrink`` (structure learning with the penalty for ``--learn-epochs``,
-  remove, expand to the target, fine-tune for ``--finetune-epochs``);
-- uniform: ``morphnet expand --target-flops`` (one width multiplier, most important channels
-  kept), then fine-tuning for learn + fine-tune epochs (the same training budget);
-- torch-pruning: Torch-Pruning's BN-scale sparse training (``BNScalePruner``, L1 on BN scales)
-  for ``--learn-epochs`` on the torch definition of the sample, global pruning by BN scale at
-  the pruning ratio that lands at the FLOPs target, then ``--finetune-epochs`` of fine-tuning.
+    python bench/bench_quality.py            # the full benchmark (about 90 minutes, 2 cores)
+    python bench/bench_quality.py --quick --out /tmp/quick.json   # under 10 minutes
 
-Every run uses the same data (the full training split, ``--train-samples`` of it if given),
-SGD with momentum 0.9 at the same learning rate and batch size, cosine decay in fine-tuning,
-and is scored on the full 10k test split; FLOPs are counted by morphcli's cost model on the
-written ONNX file for all three. Prints a table of test accuracy (mean, standard deviation over
-seeds) and FLOPs, and saves it to ``bench/results/quality.json``.
-
-    python bench/bench_quality.py                      # the full benchmark (tens of minutes)
-    python bench/bench_quality.py --train-samples 4000 --seeds 0 --targets 50   # a quick look
-
-torch-pruning is a bench-only dependency: ``pip install --no-deps torch-pruning``.
+Needs the full Fashion-MNIST (Debian's dataset-fashion-mnist) and the bench-only packages
+torch-pruning and onnxsim==0.8.1 (``make bench-quality`` installs them).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import io
 import json
+import multiprocessing
+import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from rich.console import Console
 from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
-from morphcli.graph.builder import build_channel_graph  # noqa: E402
-from morphcli.graph.model import load_model  # noqa: E402
-from morphcli.learn.objective import Objective  # noqa: E402
-from morphcli.learn.progress import Progress  # noqa: E402
-from morphcli.learn.train import Schedule, evaluate, fit  # noqa: E402
-from morphcli.learn.wrapper import OnnxModule  # noqa: E402
-from morphcli.resources.cost import build_cost_model  # noqa: E402
-from morphcli.shrink.algorithm import run_shrink  # noqa: E402
-from morphcli.shrink.config import ShrinkConfig  # noqa: E402
-from morphcli.surgery.expand import run_expand  # noqa: E402
-from sample_models.build import export_onnx  # noqa: E402
-from sample_models.fashion_mnist import load_full  # noqa: E402
-from sample_models.nets import ResNetStyle  # noqa: E402
+from quality_methods import METHODS, SCRATCH, Setting, accuracy, dataset, flops_of  # noqa: E402
 
-MODEL = ROOT / "sample_models" / "resnet_fashion_trained.onnx"
-STATE = ROOT / "sample_models" / "resnet_fashion_trained.pt"
 RESULTS = ROOT / "bench" / "results" / "quality.json"
-METHODS = ("morphnet", "uniform", "torch-pruning")
+SEED_MODELS = ("resnet", "vgg", "resnet2x", "mobilenetv2")
+# Two-sided 95% Student t quantiles by degrees of freedom.
+T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
 
 
-def flops_of(path: Path) -> float:
-    model = load_model(path)
-    return build_cost_model(model, build_channel_graph(model)).flops()
+def interval(values: np.ndarray) -> float:
+    """Half width of the 95% t interval of the mean of ``values``."""
+    if len(values) < 2:
+        return float("nan")
+    return T95.get(len(values) - 1, 1.96) * float(values.std(ddof=1)) / np.sqrt(len(values))
 
 
-def test_accuracy(path: Path, test: torch.utils.data.Dataset) -> float:
-    module = OnnxModule.from_onnx(path)
-    return evaluate(module, test, Objective(), 1000, "cpu")[1]
+def run_job(job: tuple[Setting, tuple[str, ...], int]) -> list[dict]:
+    """One seed of one (model, target): its methods in order (scratch runs read the
+    structures of the morphnet and uniform runs)."""
+    import torch
+    from quality_methods import run_method
+
+    setting, methods, threads = job
+    torch.set_num_threads(threads)
+    test = dataset(setting.test)
+    results = []
+    for method in methods:
+        started = time.perf_counter()
+        info = run_method(method, setting)
+        path = info.pop("path")
+        result = {
+            "model": setting.seed_model, "target": setting.target, "seed": setting.seed,
+            "method": method, "seconds": time.perf_counter() - started, **info,
+            "accuracy": None if path is None else accuracy(path, test),
+            "flops": None if path is None else flops_of(path),
+        }  # fmt: skip
+        results.append(result)
+        print(json.dumps(result), flush=True)
+    return results
 
 
-def quiet() -> Progress:
-    return Progress(Console(file=io.StringIO()), live=False)
-
-
-def run_morphnet(args, work: Path, target: int, seed: int) -> Path:
-    out = work / f"morphnet_{target}_{seed}.onnx"
-    config = ShrinkConfig(
-        model=str(MODEL),
-        output=str(out),
-        target=f"{target}%",
-        data=str(work / "train.npz"),
-        val_data=str(work / "test.npz"),
-        learn=Schedule(args.learn_epochs, None, args.batch_size, "sgd", args.lr, seed),
-        finetune_epochs=args.finetune_epochs,
-        work_dir=str(work / f"morphnet_{target}_{seed}.work"),
-    )
-    report = run_shrink(config, quiet())
-    print(f"  morphnet widths: {list(report['steps'][-1]['widths'].values())}", flush=True)
-    return out
-
-
-def run_uniform(args, work: Path, train, target: int, seed: int) -> Path:
-    out = work / f"uniform_{target}_{seed}.onnx"
-    run_expand(str(MODEL), str(out), target=("flops", f"{target}%"))
-    torch.manual_seed(seed)
-    module = OnnxModule.from_onnx(out)
-    epochs = args.learn_epochs + args.finetune_epochs
-    schedule = Schedule(epochs, None, args.batch_size, "sgd", args.lr, seed, cosine=True)
-    fit(module, train, Objective(), schedule, "cpu", quiet(), "uniform")
-    module.to_onnx(out)
-    return out
-
-
-def _torch_train(model, train, args, epochs, seed, pruner=None, cosine=False) -> None:
-    """The same loop as morphcli's fit, on a torch module, with Torch-Pruning's L1 step."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
-    schedule = Schedule(epochs, None, args.batch_size, "sgd", args.lr, seed, cosine=cosine)
-    per_epoch = schedule.steps_per_epoch(len(train))
-    model.train()
-    for epoch in range(epochs):
-        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        loader = torch.utils.data.DataLoader(
-            train, args.batch_size, shuffle=True, generator=generator, drop_last=True
-        )
-        for step, (x, y) in enumerate(loader):
-            if cosine:
-                for group in optimizer.param_groups:
-                    group["lr"] = schedule.lr_at(epoch * per_epoch + step, epochs * per_epoch)
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            optimizer.zero_grad()
-            loss.backward()
-            if pruner is not None:
-                pruner.regularize(model)
-            optimizer.step()
-
-
-def _pruned(model, ratio: float, reg: float):
-    import torch_pruning as tp
-
-    model = copy.deepcopy(model)
-    pruner = tp.pruner.BNScalePruner(
-        model,
-        torch.zeros(1, 1, 28, 28),
-        importance=tp.importance.BNScaleImportance(),
-        reg=reg,
-        global_pruning=True,
-        pruning_ratio=ratio,
-        ignored_layers=[model.fc],
-    )
-    pruner.step()
-    return model
-
-
-def run_torch_pruning(args, work: Path, train, target: int, seed: int) -> Path:
-    import torch_pruning as tp
-
-    out = work / f"torch-pruning_{target}_{seed}.onnx"
-    torch.manual_seed(seed)
-    model = ResNetStyle()
-    model.load_state_dict(torch.load(STATE))
-    pruner = tp.pruner.BNScalePruner(
-        model,
-        torch.zeros(1, 1, 28, 28),
-        importance=tp.importance.BNScaleImportance(),
-        reg=args.tp_reg,
-        global_pruning=True,
-        ignored_layers=[model.fc],
-    )
-    _torch_train(model, train, args, args.learn_epochs, seed, pruner=pruner)
-    goal = target / 100 * flops_of(MODEL)
-    low, high = 0.0, 0.95  # pruning ratios: low meets nothing yet, find the least that fits
-    for _ in range(12):
-        mid = (low + high) / 2
-        export_onnx(_pruned(model, mid, args.tp_reg), out)
-        if flops_of(out) <= goal:
-            high = mid
-        else:
-            low = mid
-    model = _pruned(model, high, args.tp_reg)
-    _torch_train(model, train, args, args.finetune_epochs, seed, cosine=True)
-    export_onnx(model, out)
-    return out
-
-
-def summarise(results: list[dict], base_flops: float) -> list[dict]:
+def summarise(results: list[dict], base: dict[str, dict]) -> list[dict]:
     rows = []
-    for target in sorted({r["target"] for r in results}, reverse=True):
-        for method in METHODS:
-            runs = [r for r in results if r["target"] == target and r["method"] == method]
-            if not runs:
+    keys = sorted({(r["model"], r["target"]) for r in results}, key=lambda k: (k[0], -k[1]))
+    for model, target in keys:
+        runs = [r for r in results if r["model"] == model and r["target"] == target]
+        for method in (*METHODS, *SCRATCH):
+            mine = [r for r in runs if r["method"] == method and r["accuracy"] is not None]
+            if not mine:
                 continue
-            accuracy = np.array([r["accuracy"] for r in runs])
-            flops = np.array([r["flops"] for r in runs])
-            rows.append(
-                {
-                    "target_percent": target,
-                    "method": method,
-                    "seeds": len(runs),
-                    "accuracy_mean": float(accuracy.mean()),
-                    "accuracy_std": float(accuracy.std(ddof=1)) if len(runs) > 1 else 0.0,
-                    "flops_mean": float(flops.mean()),
-                    "flops_fraction": float(flops.mean() / base_flops),
-                    "seconds_mean": float(np.mean([r["seconds"] for r in runs])),
-                }
-            )
+            acc = np.array([r["accuracy"] for r in mine])
+            row = {
+                "model": model, "target_percent": target, "method": method, "seeds": len(mine),
+                "accuracy_mean": float(acc.mean()),
+                "accuracy_std": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
+                "flops_fraction": float(np.mean([r["flops"] for r in mine]))
+                / base[model]["flops"],
+                "seconds_mean": float(np.mean([r["seconds"] for r in mine])),
+            }  # fmt: skip
+            reference = "scratch-learned" if method == "scratch-uniform" else "morphnet"
+            ref = {r["seed"]: r["accuracy"] for r in runs if r["method"] == reference}
+            paired = [ref[r["seed"]] - r["accuracy"] for r in mine if r["seed"] in ref]
+            if method not in ("morphnet", "scratch-learned") and paired:
+                diff = np.array(paired)
+                row["reference"] = reference
+                row["paired_diff_mean"] = float(diff.mean())
+                row["paired_diff_ci95"] = interval(diff)
+                row["paired_seeds"] = len(diff)
+            rows.append(row)
     return rows
 
 
-def render(rows: list[dict], base_accuracy: float) -> None:
-    table = Table(title=f"Fashion-MNIST test accuracy (input model: {base_accuracy:.2%})")
-    for name in ("target", "method", "seeds", "accuracy", "std", "FLOPs", "of input", "time"):
-        table.add_column(name, justify="left" if name == "method" else "right")
+def render(rows: list[dict], base: dict[str, dict]) -> None:
+    table = Table(title="Fashion-MNIST test accuracy (full 10k test split)")
+    columns = ("model", "target", "method", "n", "accuracy", "std", "FLOPs", "ref - this", "time")
+    for name in columns:
+        table.add_column(name, justify="left" if name in ("model", "method") else "right")
     for row in rows:
+        diff = ""
+        if "paired_diff_mean" in row:
+            diff = f"{100 * row['paired_diff_mean']:+.2f} ± {100 * row['paired_diff_ci95']:.2f}"
         table.add_row(
-            f"{row['target_percent']}%",
-            row["method"],
-            str(row["seeds"]),
-            f"{row['accuracy_mean']:.2%}",
-            f"{row['accuracy_std']:.2%}",
-            f"{row['flops_mean'] / 1e6:.2f}M",
-            f"{row['flops_fraction']:.3f}",
-            f"{row['seconds_mean']:.0f}s",
-        )
-    Console().print(table)
+            f"{row['model']} ({base[row['model']]['accuracy']:.2%})",
+            f"{row['target_percent']}%", row["method"], str(row["seeds"]),
+            f"{row['accuracy_mean']:.2%}", f"{100 * row['accuracy_std']:.2f}",
+            f"{row['flops_fraction']:.3f}", diff, f"{row['seconds_mean']:.0f}s",
+        )  # fmt: skip
+    Console(width=140).print(table)
+    Console().print(
+        "ref - this: paired difference (percentage points) to MorphNet (scratch-uniform: to "
+        "scratch-learned), mean ± 95% t interval half width over the paired seeds"
+    )
+
+
+def _data(work: Path, train_samples: int, val_samples: int) -> tuple[str, str, str]:
+    """Training and validation subsets (disjoint, from the training split) and the test set."""
+    from sample_models.fashion_mnist import load_full
+
+    x_train, y_train, x_test, y_test = load_full()
+    order = np.random.default_rng(0).permutation(len(x_train))
+    train, val = order[:train_samples], order[train_samples : train_samples + val_samples]
+    paths = (work / "train.npz", work / "val.npz", work / "test.npz")
+    np.savez(paths[0], x=x_train[train], y=y_train[train])
+    np.savez(paths[1], x=x_train[val], y=y_train[val])
+    np.savez(paths[2], x=x_test, y=y_test)
+    return tuple(str(p) for p in paths)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(SEED_MODELS))
     parser.add_argument("--targets", default="50,25", help="FLOPs targets in percent")
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--learn-epochs", type=int, default=1)
-    parser.add_argument("--finetune-epochs", type=int, default=1)
+    parser.add_argument("--methods", default=",".join((*METHODS, *SCRATCH)))
+    parser.add_argument("--paired-seeds", type=int, default=5, help="morphnet and uniform")
+    parser.add_argument("--other-seeds", type=int, default=3)
+    parser.add_argument("--train-samples", type=int, default=12_000)
+    parser.add_argument("--val-samples", type=int, default=2_000)
+    parser.add_argument("--learn-epochs", type=int, default=2)
+    parser.add_argument("--finetune-epochs", type=int, default=2)
+    parser.add_argument("--scratch-epochs", type=int, default=4)
+    parser.add_argument("--scratch-targets", default="25", help="targets of the scratch test")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--distill-weight", type=float, default=0.5, help="every method's")
     parser.add_argument("--tp-reg", type=float, default=1e-4, help="Torch-Pruning's BN L1 reg")
-    parser.add_argument("--train-samples", type=int, help="use only this many training images")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2, help="processes of 1 thread each")
+    parser.add_argument("--quick", action="store_true", help="2 models, 25%%, 2+1 seeds, 6k")
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument(
+        "--fresh", action="store_true", help="rerun every run (default: keep the runs --out "
+        "already holds with the same training settings, and run the rest)"
+    )  # fmt: skip
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    x_train, y_train, x_test, y_test = load_full()
-    if args.train_samples:
-        pick = np.random.default_rng(0).permutation(len(x_train))[: args.train_samples]
-        x_train, y_train = x_train[pick], y_train[pick]
-    train = torch.utils.data.TensorDataset(torch.from_numpy(x_train), torch.from_numpy(y_train))
-    test = torch.utils.data.TensorDataset(torch.from_numpy(x_test), torch.from_numpy(y_test))
-    base_flops, base_accuracy = flops_of(MODEL), test_accuracy(MODEL, test)
-    results = []
-    with tempfile.TemporaryDirectory() as folder:
-        work = Path(folder)
-        np.savez(work / "train.npz", x=x_train, y=y_train)
-        np.savez(work / "test.npz", x=x_test, y=y_test)
+    if args.quick:
+        args.models, args.targets, args.paired_seeds, args.other_seeds = "resnet,vgg", "25", 2, 1
+        args.train_samples, args.learn_epochs, args.finetune_epochs = 6_000, 1, 1
+        args.scratch_epochs = 2
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    kept = [] if args.fresh else _kept_runs(out, args)
+    started = time.perf_counter()
+    # The work folder persists: a later run's scratch test reads the structures of the
+    # morphnet and uniform runs kept from an earlier one.
+    work = ROOT / "build" / "quality"
+    work.mkdir(parents=True, exist_ok=True)
+    data = _data(work, args.train_samples, args.val_samples)
+    test_set = dataset(data[2])
+    names = dict.fromkeys([*args.models.split(","), *(r["model"] for r in kept)])
+    base = {}
+    for name in names:
+        seed_path = ROOT / "sample_models" / f"{name}_fashion_trained.onnx"
+        base[name] = {"flops": flops_of(seed_path), "accuracy": accuracy(seed_path, test_set)}
+    results: list[dict] = list(kept)
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(args.workers) as pool:
+        for batch in pool.imap_unordered(run_job, _jobs(args, kept, work, data)):
+            results += batch
+            _save(out, args, base, results, time.perf_counter() - started)
+    rows = summarise(results, base)
+    render(rows, base)
+    _save(out, args, base, results, time.perf_counter() - started, rows)
+
+
+def _jobs(
+    args: argparse.Namespace, kept: list[dict], work: Path, data: tuple[str, str, str]
+) -> list[tuple[Setting, tuple[str, ...], int]]:
+    """One job per (model, target, seed): the methods that run at that seed and are not
+    kept from an earlier run, in order (the scratch test reads the structures of the
+    morphnet and uniform runs)."""
+    done = {(r["model"], r["target"], r["seed"], r["method"]) for r in kept}
+    methods = args.methods.split(",")
+    jobs = []
+    for name in args.models.split(","):
         for target in (int(t) for t in args.targets.split(",")):
-            for seed in (int(s) for s in args.seeds.split(",")):
-                for method in args.methods.split(","):
-                    started = time.perf_counter()
-                    if method == "morphnet":
-                        path = run_morphnet(args, work, target, seed)
-                    elif method == "uniform":
-                        path = run_uniform(args, work, train, target, seed)
-                    else:
-                        path = run_torch_pruning(args, work, train, target, seed)
-                    result = {
-                        "method": method,
-                        "target": target,
-                        "seed": seed,
-                        "accuracy": test_accuracy(path, test),
-                        "flops": flops_of(path),
-                        "seconds": time.perf_counter() - started,
-                    }
-                    results.append(result)
-                    print(json.dumps(result), flush=True)
-    rows = summarise(results, base_flops)
-    render(rows, base_accuracy)
+            scratch = str(target) in args.scratch_targets.split(",")
+            for seed in range(args.paired_seeds):
+                mine = [
+                    m for m in methods
+                    if (seed < args.other_seeds or m in ("morphnet", "uniform"))
+                    and (scratch or m not in SCRATCH)
+                    and (name, target, seed, m) not in done
+                ]  # fmt: skip
+                if not mine:
+                    continue
+                setting = Setting(
+                    name, target, seed, str(work), *data, args.learn_epochs,
+                    args.finetune_epochs, args.scratch_epochs, args.batch_size, args.lr,
+                    args.distill_weight, args.tp_reg,
+                )  # fmt: skip
+                jobs.append((setting, tuple(mine), 1))
+    return jobs
+
+
+# Settings that change what a run measures: runs saved under other values are not kept.
+TRAINING_SETTINGS = (
+    "train_samples", "val_samples", "learn_epochs", "finetune_epochs", "scratch_epochs",
+    "batch_size", "lr", "distill_weight", "tp_reg",
+)  # fmt: skip
+
+
+def _kept_runs(out: Path, args: argparse.Namespace) -> list[dict]:
+    """The runs ``out`` already holds, if they were made with the same training settings."""
+    if not out.exists():
+        return []
+    doc = json.loads(out.read_text())
+    saved = doc.get("settings", {})
+    if any(saved.get(k) != getattr(args, k) for k in TRAINING_SETTINGS):
+        return []
+    return [
+        r for r in doc.get("runs", []) if r.get("accuracy") is not None or r["method"] == "onnxsim"
+    ]
+
+
+def _save(out, args, base, results, seconds, rows=None) -> None:
     doc = {
-        "settings": vars(args),
-        "input": {"flops": base_flops, "accuracy": base_accuracy},
-        "table": rows,
-        "runs": results,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
+        "settings": vars(args), "cpu_count": os.cpu_count(), "seconds": seconds,
+        "seed_models": base, "table": rows or summarise(results, base), "runs": results,
+    }  # fmt: skip
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    tmp.replace(out)
 
 
 if __name__ == "__main__":

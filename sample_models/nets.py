@@ -120,7 +120,11 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV2Style(nn.Module):
-    """Stem, five inverted residual blocks (one without expansion), 1x1 head conv, linear."""
+    """Stem, five inverted residual blocks (one without expansion), 1x1 head conv, linear.
+
+    ``expansion`` widens the four expanding blocks' hidden (depthwise) layers; ``head`` is the
+    width of the 1x1 head conv.
+    """
 
     # (expansion, output channels, stride) per block
     BLOCKS: tuple[tuple[int, int, int], ...] = (
@@ -131,17 +135,17 @@ class MobileNetV2Style(nn.Module):
         (4, 32, 1),
     )
 
-    def __init__(self, num_classes: int = 10) -> None:
+    def __init__(self, num_classes: int = 10, expansion: int = 4, head: int = 128) -> None:
         super().__init__()
         layers: list[nn.Module] = [ConvBNAct(1, 16, stride=2, act=nn.ReLU6)]
         in_ch = 16
         for expand, out_ch, stride in self.BLOCKS:
-            layers.append(InvertedResidual(in_ch, out_ch, expand, stride))
+            layers.append(InvertedResidual(in_ch, out_ch, expansion if expand > 1 else 1, stride))
             in_ch = out_ch
-        layers.append(ConvBNAct(in_ch, 128, kernel=1, act=nn.ReLU6))
+        layers.append(ConvBNAct(in_ch, head, kernel=1, act=nn.ReLU6))
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(128, num_classes)
+        self.fc = nn.Linear(head, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
@@ -253,3 +257,27 @@ class FlattenGemmNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.features(x), 1))
+
+
+class VGGStyle(nn.Module):
+    """Plain VGG-style BN net: two Conv-BN-ReLU per stage at 28x28, 14x14 and 7x7 (max pools
+    between), global average pool, linear head. With the default widths (32, 64, 128) it is
+    far wider than Fashion-MNIST needs (about 29M multiply-adds): the over-parameterized seed
+    of the quality benchmark.
+    """
+
+    def __init__(self, widths: tuple[int, int, int] = (32, 64, 128), num_classes: int = 10) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        in_ch = 1
+        for i, width in enumerate(widths):
+            if i:
+                layers.append(nn.MaxPool2d(2))
+            layers += [ConvBNAct(in_ch, width), ConvBNAct(width, width)]
+            in_ch = width
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(in_ch, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))

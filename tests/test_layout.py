@@ -1,6 +1,6 @@
 """The package's stages import only the stages below them, and op rules import no engine.
 
-The order (README, Layout): base (errors, outputs) < ops < graph < resources < report <
+The order (README, Layout): base (errors, limits, outputs) < ops < graph < resources < report <
 surgery < learn < shrink < cli. Imports under ``if TYPE_CHECKING:`` are type hints and do
 not count; imports inside functions (lazy imports) do.
 """
@@ -14,7 +14,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "morphcli"
 STAGES = ("base", "ops", "graph", "resources", "report", "surgery", "learn", "shrink", "cli")
-BASE_MODULES = {"errors", "outputs"}
+BASE_MODULES = {"errors", "limits", "outputs"}
 # The package's own entry points: the lazy API and ``python -m morphcli``.
 ENTRY_MODULES = {"morphcli", "morphcli.__main__"}
 

@@ -1,11 +1,26 @@
-"""The one exception type users see, and the exit codes the CLI maps errors to."""
+"""The one exception type users see, the exit codes the CLI maps errors to, and the one place
+that makes any text safe to print as a single line."""
 
 from __future__ import annotations
+
+import re
 
 EXIT_OK = 0
 EXIT_BUDGET = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 3
+
+# C0 and C1 control characters (newlines, terminal escape sequences), DEL, the Unicode line
+# and paragraph separators, and lone surrogates (undecodable bytes of a file name).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def one_line(text: str) -> str:
+    """``text`` with every control character written as an escape (``\\n``, ``\\x1b``), so a
+    hostile file or node name can neither break the line nor drive the terminal."""
+    return _UNPRINTABLE.sub(
+        lambda m: m.group().encode("unicode_escape", "backslashreplace").decode("ascii"), text
+    )
 
 
 class MorphError(Exception):
@@ -40,8 +55,8 @@ class MorphError(Exception):
     def __str__(self) -> str:
         where = []
         if self.file:
-            where.append(self.file)
+            where.append(str(self.file))
         if self.node is not None:
             where.append(f"node {self.node!r}" + (f" ({self.op})" if self.op else ""))
         prefix = ": ".join(where)
-        return f"{prefix}: {self.message}" if prefix else self.message
+        return one_line(f"{prefix}: {self.message}" if prefix else self.message)

@@ -89,9 +89,11 @@ def _close(got: float, want: float, what: str) -> None:
 def test_flops_penalty_equals_hand_computation(hand):
     cg, cm, params, w = hand
     penalty = MorphNetPenalty.over(cg, cm, params.__getitem__, "flops", "auto")
-    p_a = np.maximum(np.abs(w["g1"]), np.abs(w["g2"])).astype(np.float64)
+    # Group A's members are BN1 and BN2 (the residual Add): p is the L2 norm over both;
+    # each group's p counts relative to its mean (its scale).
+    p_a = np.hypot(w["g1"].astype(np.float64), w["g2"].astype(np.float64))
     norms_b = np.sqrt((w["W4"].astype(np.float64) ** 2).reshape(5, -1).sum(1))
-    s_a, s_b = p_a.sum(), norms_b.sum()
+    s_a, s_b = p_a.sum() / p_a.mean(), norms_b.sum() / norms_b.mean()
     a_a, a_b = 3, 4  # one dead channel in each group
     hw = 36
     want = (
@@ -111,8 +113,9 @@ def test_flops_penalty_equals_hand_computation(hand):
 def test_params_penalty_equals_hand_computation(hand):
     cg, cm, params, w = hand
     penalty = MorphNetPenalty.over(cg, cm, params.__getitem__, "params", "auto")
-    s_a = np.maximum(np.abs(w["g1"]), np.abs(w["g2"])).astype(np.float64).sum()
-    s_b = np.sqrt((w["W4"].astype(np.float64) ** 2).reshape(5, -1).sum(1)).sum()
+    p_a = np.hypot(w["g1"].astype(np.float64), w["g2"].astype(np.float64))
+    p_b = np.sqrt((w["W4"].astype(np.float64) ** 2).reshape(5, -1).sum(1))
+    s_a, s_b = p_a.sum() / p_a.mean(), p_b.sum() / p_b.mean()
     a_a, a_b = 3, 4
     want = (
         9 * (3 * s_a)  # W1 [A, 3, 3, 3]
@@ -131,9 +134,9 @@ def test_group_lasso_mode_reads_filter_norms(hand):
     cg, cm, params, w = hand
     penalty = MorphNetPenalty.over(cg, cm, params.__getitem__, "flops", "group_lasso")
     f64 = {k: v.astype(np.float64) for k, v in w.items()}
-    # Group A's members: conv1, conv2 and the depthwise filters (a channel's p is their max).
-    norms = [np.sqrt((f64[k] ** 2).reshape(4, -1).sum(1)) for k in ("W1", "W2", "W3")]
-    p_a = np.max(norms, axis=0)
+    # Group A's members: conv1, conv2 and the depthwise filters (a channel's p is the L2 norm
+    # over all their entries).
+    p_a = np.sqrt(sum((f64[k] ** 2).reshape(4, -1).sum(1) for k in ("W1", "W2", "W3")))
     p_b = np.sqrt((f64["W4"] ** 2).reshape(5, -1).sum(1))
     (got_a, got_b) = (penalty.vectors()[_group_of(cg, t)] for t in ("t1", "e"))
     np.testing.assert_allclose(got_a.detach().numpy(), p_a, rtol=1e-12)
@@ -145,20 +148,16 @@ def test_gradient_matches_finite_differences(hand):
     cg, cm, params, _ = hand
     names = ("g1", "g2", "W1", "W4")
     leaves = [params[n] for n in names]
-
-    def value(*tensors):
+    for resource, mode in (("flops", "auto"), ("params", "group_lasso")):
         lookup = dict(params)
-        lookup.update(zip(names, tensors, strict=True))
-        return MorphNetPenalty.over(cg, cm, lookup.__getitem__, "flops", "auto")()
+        # The scales are fixed when the penalty is built; the parameters then vary.
+        penalty = MorphNetPenalty.over(cg, cm, lookup.__getitem__, resource, mode)
 
-    assert torch.autograd.gradcheck(value, leaves, eps=1e-6, atol=1e-5)
+        def value(*tensors, penalty=penalty, lookup=lookup):
+            lookup.update(zip(names, tensors, strict=True))
+            return penalty()
 
-    def lasso(*tensors):
-        lookup = dict(params)
-        lookup.update(zip(names, tensors, strict=True))
-        return MorphNetPenalty.over(cg, cm, lookup.__getitem__, "params", "group_lasso")()
-
-    assert torch.autograd.gradcheck(lasso, leaves, eps=1e-6, atol=1e-5)
+        assert torch.autograd.gradcheck(value, leaves, eps=1e-6, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["resnet.onnx", "mobilenetv2.onnx", "inception.onnx"])
@@ -176,3 +175,30 @@ def test_cost_at_full_width_equals_analyzed_flops(name):
     penalty = MorphNetPenalty.over(cg, cm, tensors.__getitem__, "flops")
     assert penalty.sourced.any()
     _close(penalty.cost(), cm.flops(), f"{name} alive flops at full width")
+
+
+@pytest.mark.parametrize("mode", ["gamma", "group_lasso"])
+def test_shrink_is_group_soft_thresholding(hand, mode):
+    cg, cm, params, _ = hand
+    penalty = MorphNetPenalty.over(cg, cm, params.__getitem__, "flops", mode)
+    before = [None if p is None else p.detach().clone() for p in penalty.vectors()]
+    originals = {k: v.detach().clone() for k, v in params.items()}
+    weights = penalty.weights(penalty.alive_widths()).copy()
+    # A step that kills some channels (those under the median p / W of some group).
+    ratios = [
+        float(np.median(p.numpy())) / weights[g] for g, p in enumerate(before) if p is not None
+    ]
+    step = min(ratios)
+    penalty.shrink(step)
+    for gid, (old, new) in enumerate(zip(before, penalty.vectors(), strict=True)):
+        if old is None:
+            continue
+        want = (old - step * weights[gid]).clamp_min(0.0)
+        np.testing.assert_allclose(new.detach().numpy(), want.numpy(), rtol=1e-9, atol=1e-12)
+    for name, value in params.items():
+        original = originals[name]
+        # Entries only shrink toward zero along their own direction (never flip sign).
+        assert torch.all(value.detach() * original >= 0), name
+        assert torch.all(value.detach().abs() <= original.abs() + 1e-12), name
+    dead = sum(int((p == 0).sum()) for p in penalty.vectors() if p is not None)
+    assert dead >= 1

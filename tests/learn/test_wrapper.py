@@ -19,9 +19,15 @@ from onnx import TensorProto, helper, numpy_helper
 from morphcli.errors import MorphError
 from morphcli.graph.runtime import session
 from morphcli.learn.wrapper import OnnxModule
-from tests.conftest import ROOT, SAMPLE_MODELS, input_shapes_for, real_model_paths
+from tests.conftest import (
+    ROOT,
+    SAMPLE_MODELS,
+    input_shapes_for,
+    real_model_paths,
+    sample_model_paths,
+)
 
-MODELS = real_model_paths() + sorted(SAMPLE_MODELS.glob("*.onnx"))
+MODELS = real_model_paths() + sample_model_paths()
 # onnxruntime's Sigmoid and Exp are accurate to about 1e-7 absolute, not relative: outputs whose
 # values all lie below this (sigmoid tails such as yunet's objectness) are compared at 1e-4 of it.
 MIN_SCALE = 1e-2

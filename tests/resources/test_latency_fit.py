@@ -154,7 +154,9 @@ def test_latency_weighted_penalty_uses_the_recovered_gradient(resnet, fitted):
     alive = penalty.alive_widths().astype(float)
     weights = synthetic_gradient(features, has_flops, alive)
     want = sum(
-        weights[g] * float(p.sum()) for g, p in enumerate(penalty.vectors()) if p is not None
+        weights[g] / penalty.scales[g] * float(p.sum())
+        for g, p in enumerate(penalty.vectors())
+        if p is not None
     )
     assert float(penalty()) == pytest.approx(want, rel=1e-6)
     flops = MorphNetPenalty.over(cg, cm, params.__getitem__, "flops", "auto")

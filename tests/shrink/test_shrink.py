@@ -26,24 +26,6 @@ TRAINED = str(SAMPLE_MODELS / "resnet_fashion_trained.onnx")
 FAST = ["--batch-size", "32", "--threads", "1", "--finetune-epochs", "1"]
 
 
-@pytest.fixture(scope="module")
-def fashion(tmp_path_factory):
-    """192 training and 64 validation images of the committed subset, with and without labels."""
-    arrays = np.load(SAMPLE_MODELS / "fashion_mnist_subset.npz")
-    folder = tmp_path_factory.mktemp("data")
-    labelled = folder / "labelled.npz"
-    np.savez(
-        labelled,
-        x=arrays["x"][:192],
-        y=arrays["y"][:192],
-        x_val=arrays["x_val"][:64],
-        y_val=arrays["y_val"][:64],
-    )
-    unlabelled = folder / "unlabelled.npz"
-    np.savez(unlabelled, x=arrays["x"][:96], x_val=arrays["x_val"][:32])
-    return {"labelled": str(labelled), "unlabelled": str(unlabelled), "arrays": arrays}
-
-
 def _flops(path) -> float:
     model = load_model(path)
     return build_cost_model(model, build_channel_graph(model)).flops()
@@ -54,15 +36,15 @@ def _shrink(cli, model, out, target, data, *extra):
     return cli.invoke(main, [*args, *FAST, *extra])
 
 
-def test_shrink_meets_a_flops_target_with_a_learned_structure(cli, fashion, tmp_path):
+def test_shrink_learns_below_the_target_then_expands_to_it(cli, fashion, tmp_path):
     out, report_path = tmp_path / "slim.onnx", tmp_path / "report.json"
-    # A fixed lambda about 10x the auto one makes channels die within 100 steps.
     result = _shrink(
-        cli, TRAINED, out, "60%", fashion["labelled"], "--steps", "100", "--lambda", "1e-6",
+        cli, TRAINED, out, "50%", fashion["labelled"], "--steps", "100",
         "--report", str(report_path), "--json",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    target = 0.6 * _flops(TRAINED)
+    start = _flops(TRAINED)
+    target = 0.5 * start
     reached = _flops(out)
     assert 0.97 * target <= reached <= target, f"reached {reached / target:.4f} of the target"
     report = json.loads(report_path.read_text())
@@ -70,19 +52,80 @@ def test_shrink_meets_a_flops_target_with_a_learned_structure(cli, fashion, tmp_
     assert [s["step"] for s in report["steps"]] == [
         "input", "round 1 shrunk", "round 1 expanded", "final",
     ]  # fmt: skip
+    # Algorithm 1: learning aims below the target (0.9 x 50%), the multiplier grows it back.
+    (record,) = report["rounds"]
+    assert record["goal"] == pytest.approx(0.9 * target, rel=1e-3)
+    shrunk, expanded = report["steps"][1], report["steps"][2]
+    assert shrunk["flops"] < 0.95 * target, shrunk["flops"] / target
+    assert expanded["multiplier"] > 1.0 and record["multiplier"] == expanded["multiplier"]
+    assert report["reduction"]["by_learning"] == 1.0
     assert report["met"] and report["reached"] == round(reached)
     assert set(report["validation"]) == {"input", "round 1 learned", "final"}
     assert all(v["accuracy"] is not None for v in report["validation"].values())
-    assert report["lambda"][0] == {"round": 1, "initial": 1e-6, "final": 1e-6}
+    assert report["lambda"][0]["final"] != report["lambda"][0]["initial"]  # lambda auto steers
     assert {"prepare", "round 1 learn", "round 1 surgery", "finetune"} <= set(report["time_s"])
     # The penalty removed channels unevenly: the learned widths are not one scaled copy of
     # the input's (a uniform multiplier would keep every ratio within rounding).
-    before, shrunk = report["steps"][0]["widths"], report["steps"][1]["widths"]
-    ratios = np.array([shrunk[k] / before[k] for k in before])
+    before, learned = report["steps"][0]["widths"], shrunk["widths"]
+    ratios = np.array([learned[k] / before[k] for k in before])
     assert ratios.max() - ratios.min() > 0.2, ratios
-    assert report["steps"][-1]["widths"] == report["steps"][2]["widths"]
+    assert report["steps"][-1]["widths"] == expanded["widths"]
     logits = run_model(onnx.load(out), {"input": fashion["arrays"]["x_val"][:1]})["output"]
     assert logits.shape == (1, 10) and np.isfinite(logits).all()
+
+
+def test_a_fixed_lambda_stays_fixed_and_a_learning_that_removed_nothing_warns(
+    cli, fashion, tmp_path
+):
+    out = tmp_path / "slim.onnx"
+    result = _shrink(
+        cli, TRAINED, out, "60%", fashion["labelled"], "--steps", "2", "--lambda", "1e-9",
+        "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["lambda"][0] == {"round": 1, "initial": 1e-9, "final": 1e-9}
+    assert report["reduction"]["learned_fraction"] > 0.95
+    assert report["reduction"]["by_learning"] < 0.2
+    (warning,) = report["warnings"]
+    assert "learning removed almost nothing" in warning
+    assert "warning: round 1: learning removed almost nothing" in result.stderr
+
+
+def test_baseline_uniform_trains_both_and_writes_the_better(cli, fashion, tmp_path):
+    out = tmp_path / "slim.onnx"
+    result = _shrink(
+        cli, TRAINED, out, "50%", fashion["labelled"], "--steps", "12", "--baseline", "uniform",
+        "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    baseline = report["baseline"]
+    # 12 steps of 6 per epoch (192 samples, batch 32) are 2 learning epochs, then 1 tuning.
+    assert baseline["method"] == "uniform" and baseline["epochs"] == 3
+    morphnet = report["validation"]["final"]["accuracy"]
+    uniform = baseline["validation"]["accuracy"]
+    assert baseline["chosen"] == ("uniform" if uniform > morphnet else "morphnet")
+    assert "uniform baseline" in result.stderr
+    # The written model is the chosen one: uniform widths are one scaled copy of the input's.
+    model = load_model(out)
+    cg = build_channel_graph(model)
+    written = {g.producers[0]: g.width for g in cg.groups if g.prunable and g.producers}
+    assert written == report["steps"][-1]["widths"]
+    chosen_steps = report["steps"][2]["widths"]  # MorphNet's expanded structure
+    assert (written == chosen_steps) == (baseline["chosen"] == "morphnet")
+
+
+def test_distill_weight_mixes_the_losses_and_needs_labels(cli, fashion, tmp_path):
+    out = tmp_path / "slim.onnx"
+    args = ("--steps", "2", "--distill-weight", "0.5")
+    result = _shrink(cli, TRAINED, out, "70%", fashion["labelled"], *args)
+    assert result.exit_code == 0, result.output
+    assert "cross entropy + distillation (weight 0.5)" in result.stderr
+    result = _shrink(cli, TRAINED, tmp_path / "u.onnx", "70%", fashion["unlabelled"], *args)
+    assert result.exit_code == 2
+    assert "--distill-weight mixes cross entropy on labels with distillation" in result.stderr
+    assert not (tmp_path / "u.onnx").exists()
 
 
 def test_a_params_target_is_met_in_params(cli, fashion, tmp_path):
@@ -197,5 +240,7 @@ def test_bad_input_exits_with_one_clear_line(cli, fashion, tmp_path, target, dat
     result = _shrink(cli, TRAINED, tmp_path / "o.onnx", target, data_path)
     assert result.exit_code == code, result.output
     assert message in result.stderr
-    assert len(result.stderr.strip().splitlines()) <= 2, result.stderr
+    # At most the data and training notes before the one error line.
+    assert len(result.stderr.strip().splitlines()) <= 3, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error:"), result.stderr
     assert not (tmp_path / "o.onnx").exists()

@@ -12,10 +12,11 @@ from morphcli.cli.common import (
     latency_options,
     latency_setup,
     parse_input_shapes,
+    print_error,
     print_json,
-    stderr,
     stdout,
 )
+from morphcli.cli.options import Target
 from morphcli.errors import EXIT_BUDGET
 
 
@@ -24,8 +25,8 @@ from morphcli.errors import EXIT_BUDGET
 @input_shapes_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @click.option("--all-ops", is_flag=True, help="List every op, not only those with a cost.")
-@click.option("--max-flops", metavar="T", help="Exit 1 when FLOPs exceed T (e.g. 300M).")
-@click.option("--max-params", metavar="T", help="Exit 1 when parameters exceed T (e.g. 5M).")
+@click.option("--max-flops", type=Target(), help="Exit 1 when FLOPs exceed T (e.g. 300M).")
+@click.option("--max-params", type=Target(), help="Exit 1 when parameters exceed T (e.g. 5M).")
 @click.option(
     "--latency",
     is_flag=True,
@@ -83,5 +84,5 @@ def analyze(
         if doc[key] > limit:
             over.append(f"{key} {human(doc[key])} > {flag} {human(limit)}")
     if over:
-        stderr.print(f"[red]over budget:[/red] {'; '.join(over)} ({model_path})")
+        print_error(f"{'; '.join(over)} ({model_path})", "over budget")
         sys.exit(EXIT_BUDGET)

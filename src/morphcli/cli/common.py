@@ -1,5 +1,5 @@
-"""What every command shares: the consoles, the one error handler, JSON output and the
-options that several commands take."""
+"""What every command shares: the consoles, the one error handler and the one way an error
+line is printed, JSON output and the options that several commands take."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
+from rich.text import Text
 
-from morphcli.cli.options import parse_input_shape
-from morphcli.errors import EXIT_BUDGET, EXIT_INTERNAL, MorphError
+from morphcli.cli.options import InputShape, max_memory_option
+from morphcli.errors import EXIT_BAD_INPUT, EXIT_BUDGET, EXIT_INTERNAL, MorphError, one_line
 
 if TYPE_CHECKING:
     from morphcli.surgery.latency import LatencySetup
@@ -23,10 +24,25 @@ stdout = Console(highlight=False)
 stderr = Console(stderr=True, highlight=False)
 
 
+def print_error(text: str, label: str = "error") -> None:
+    """One line on stderr: control characters escaped, no markup or emoji read from it."""
+    stderr.print(Text.assemble((f"{label}:", "red"), " ", one_line(text)), soft_wrap=True)
+
+
+def usage_error_line(error: click.ClickException) -> str:
+    """A click usage error (a bad flag value, an unknown option) as one line."""
+    line = error.format_message()
+    ctx = getattr(error, "ctx", None)
+    if ctx is not None:
+        line += f" (see {ctx.command_path} --help)"
+    return line
+
+
 def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     """Turn MorphError into one line on stderr and its exit code; anything else is exit 3.
 
-    Set MORPHCLI_DEBUG=1 to see the traceback of an internal error.
+    Also sets the run's memory bound (``--max-memory``). Set MORPHCLI_DEBUG=1 to see the
+    traceback of an internal error.
     """
 
     @functools.wraps(command)
@@ -34,22 +50,28 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except MorphError as error:
-            stderr.print(f"[red]error:[/red] {error}", soft_wrap=True)
+            print_error(str(error))
             sys.exit(error.exit_code)
+        except click.ClickException as error:
+            print_error(usage_error_line(error))
+            sys.exit(EXIT_BAD_INPUT)
         except KeyboardInterrupt:
-            stderr.print("[red]interrupted[/red]")
+            print_error("stopped by Ctrl-C", "interrupted")
             sys.exit(130)
+        except MemoryError:
+            print_error("out of memory: ask for less (a smaller --batch-size, input or multiplier)")
+            sys.exit(EXIT_BAD_INPUT)
         except Exception as error:
             if os.environ.get("MORPHCLI_DEBUG"):
                 raise
-            stderr.print(
-                f"[red]internal error:[/red] {type(error).__name__}: {error} "
-                "(rerun with MORPHCLI_DEBUG=1 for the traceback, and please report it)",
-                soft_wrap=True,
+            print_error(
+                f"{type(error).__name__}: {error} (rerun with MORPHCLI_DEBUG=1 for the "
+                "traceback, and please report it)",
+                "internal error",
             )
             sys.exit(EXIT_INTERNAL)
 
-    return wrapper
+    return max_memory_option(wrapper)
 
 
 def input_shapes_option(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -57,13 +79,33 @@ def input_shapes_option(command: Callable[..., Any]) -> Callable[..., Any]:
         "--input-shape",
         "input_shapes",
         multiple=True,
-        metavar="NAME=1x3x224x224",
+        type=InputShape(),
         help="Concrete shape of an input with dynamic dims (repeatable).",
     )(command)
 
 
-def parse_input_shapes(values: tuple[str, ...]) -> dict[str, list[int]]:
-    return dict(parse_input_shape(v) for v in values)
+def calibrate_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--calibrate",
+        metavar="DATA",
+        help="Re-estimate BatchNormalization statistics after surgery on these inputs (an "
+        ".npz, an image folder or module:function; a few hundred suffice, labels unused).",
+    )(command)
+
+
+def calibration(
+    model_path: str, spec: str | None, input_shapes: dict[str, list[int]]
+) -> Callable[[Any], Any] | None:
+    """The ``--calibrate`` step, its data read and checked before any surgery (or None)."""
+    if spec is None:
+        return None
+    from morphcli.learn.calibrate import Calibration
+
+    return Calibration.prepare(model_path, spec, input_shapes)
+
+
+def parse_input_shapes(values: tuple[tuple[str, list[int]], ...]) -> dict[str, list[int]]:
+    return dict(values)
 
 
 def print_json(doc: dict[str, Any]) -> None:

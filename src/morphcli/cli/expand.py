@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from morphcli.cli.common import (
+    calibrate_option,
+    calibration,
     handle_errors,
     input_shapes_option,
     latency_options,
@@ -13,6 +15,7 @@ from morphcli.cli.common import (
     parse_input_shapes,
     show_widths,
 )
+from morphcli.cli.options import ROUND_TO, SEED, Finite, Target
 
 
 @click.command()
@@ -20,11 +23,11 @@ from morphcli.cli.common import (
 @click.option("-o", "--output", required=True, type=click.Path(), help="The ONNX file to write.")
 @click.option(
     "--multiplier",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Finite(min=0, min_open=True),
     help="Width multiplier W (1.5 widens, 0.5 shrinks by importance).",
 )
-@click.option("--target-flops", metavar="T", help="The largest uniform width within T FLOPs.")
-@click.option("--target-params", metavar="T", help="Parameter target, written the same way.")
+@click.option("--target-flops", type=Target(), help="The largest uniform width within T FLOPs.")
+@click.option("--target-params", type=Target(), help="Parameter target, written the same way.")
 @click.option(
     "--target-latency",
     metavar="T",
@@ -35,7 +38,7 @@ from morphcli.cli.common import (
     "--round-to",
     default=1,
     show_default=True,
-    type=click.IntRange(1),
+    type=ROUND_TO,
     help="Every width a multiple of N.",
 )
 @click.option(
@@ -51,10 +54,11 @@ from morphcli.cli.common import (
     "--noise",
     default=0.0,
     show_default=True,
-    type=click.FloatRange(min=0),
+    type=Finite(min=0),
     help="preserve: zero-sum noise (relative to each weight's std) that breaks replica symmetry.",
 )
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of noise and init.")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of noise and init.")
+@calibrate_option
 @input_shapes_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @handle_errors
@@ -73,6 +77,7 @@ def expand(
     init_mode: str,
     noise: float,
     seed: int,
+    calibrate: str | None,
     input_shapes: tuple[str, ...],
     as_json: bool,
 ) -> None:
@@ -80,14 +85,16 @@ def expand(
     from morphcli.surgery.apply import Init
     from morphcli.surgery.expand import run_expand
 
+    shapes = parse_input_shapes(input_shapes)
     doc = run_expand(
         model_path,
         output,
-        input_shapes=parse_input_shapes(input_shapes),
+        input_shapes=shapes,
         multiplier=multiplier,
         target=one_target(target_flops, target_params, target_latency),
         round_to=round_to,
         latency=latency_setup(provider, ort_threads, batch, latency_cache),
         init=Init(init_mode, noise, seed),
+        finish=calibration(model_path, calibrate, shapes),
     )
     show_widths(doc, as_json)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from morphcli.cli.common import (
+    calibrate_option,
+    calibration,
     handle_errors,
     input_shapes_option,
     latency_options,
@@ -13,6 +15,7 @@ from morphcli.cli.common import (
     parse_input_shapes,
     show_widths,
 )
+from morphcli.cli.options import ROUND_TO, Finite, Target
 
 
 @click.command()
@@ -22,7 +25,7 @@ from morphcli.cli.common import (
     "--threshold",
     default=1e-3,
     show_default=True,
-    type=click.FloatRange(min=0),
+    type=Finite(min=0),
     help="A BN scale under this (absolute) counts as zero.",
 )
 @click.option(
@@ -30,8 +33,8 @@ from morphcli.cli.common import (
     is_flag=True,
     help="Also remove constant channels whose bias fold is not exact (padded convs).",
 )
-@click.option("--target-flops", metavar="T", help="Remove the least important channels to T.")
-@click.option("--target-params", metavar="T", help="Parameter target, written the same way.")
+@click.option("--target-flops", type=Target(), help="Remove the least important channels to T.")
+@click.option("--target-params", type=Target(), help="Parameter target, written the same way.")
 @click.option(
     "--target-latency",
     metavar="T",
@@ -40,16 +43,17 @@ from morphcli.cli.common import (
 @latency_options
 @click.option(
     "--ratio",
-    type=click.FloatRange(min=0, max=1, min_open=True),
+    type=Finite(min=0, max=1, min_open=True),
     help="Keep this fraction of every removable group, by importance.",
 )
 @click.option(
     "--round-to",
     default=1,
     show_default=True,
-    type=click.IntRange(1),
+    type=ROUND_TO,
     help="Every width a multiple of N (or its full width).",
 )
+@calibrate_option
 @input_shapes_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @handle_errors
@@ -67,21 +71,24 @@ def prune(
     latency_cache: str | None,
     ratio: float | None,
     round_to: int,
+    calibrate: str | None,
     input_shapes: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Remove dead channels, or the least important ones to a target, without training."""
     from morphcli.surgery.prune import run_prune
 
+    shapes = parse_input_shapes(input_shapes)
     doc = run_prune(
         model_path,
         output,
-        input_shapes=parse_input_shapes(input_shapes),
+        input_shapes=shapes,
         threshold=threshold,
         allow_approximate=allow_approximate,
         target=one_target(target_flops, target_params, target_latency),
         ratio=ratio,
         round_to=round_to,
         latency=latency_setup(provider, ort_threads, batch, latency_cache),
+        finish=calibration(model_path, calibrate, shapes),
     )
     show_widths(doc, as_json)

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from morphcli.errors import MorphError
 from morphcli.graph.channels import (
     FILTER,
     IN,
@@ -247,7 +248,11 @@ def build_channel_graph(model: Model) -> ChannelGraph:
             for tensor in node.outputs:
                 builder.pin(tensor, f"{node.op} has no channel rule")
             continue
-        rule.connect(node, builder)
+        try:
+            rule.connect(node, builder)
+        except MorphError as error:  # a rule that finds the node broken names it, we the file
+            error.file = error.file or model.path
+            raise
     builder.node = None
     for tensor in graph.outputs:
         slots = builder.channels(tensor)

@@ -17,9 +17,10 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from morphcli.errors import MorphError
-from morphcli.graph.load import read_proto
-from morphcli.graph.runtime import quiet_graphsurgeon
+from morphcli.graph.load import read_model_file
+from morphcli.graph.runtime import dummy_inputs, quiet_graphsurgeon, run_model
 from morphcli.graph.shapes import infer_shapes, set_versions
+from morphcli.graph.validate import check_dtypes, check_finite_weights, check_input_sizes
 from morphcli.ops.base import Shape
 
 
@@ -29,6 +30,10 @@ class Model:
 
     ``shapes`` hold the analysis shapes (dynamic dims fixed); the graph's own input and
     output declarations keep the user's symbolic dims so that a written model keeps them.
+    A model read from a file knows its ``files`` (the ONNX file, then its external data),
+    the float constants it holds as non-finite (``non_finite``: settings such as an ``inf``
+    Clip bound; weights never are) and, when loaded with ``probe``, its outputs on the probe
+    input (``reference``), which a result is checked against before it is written.
     """
 
     path: str
@@ -37,6 +42,35 @@ class Model:
     dtypes: dict[str, np.dtype]
     input_shapes: dict[str, Shape]
     proto_info: dict = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+    non_finite: frozenset[str] = frozenset()
+    reference: dict[str, np.ndarray] | None = None
+
+    def probe(self) -> dict[str, np.ndarray]:
+        """The model's outputs in onnxruntime on the probe input (random, seed 0), run once
+        and kept as ``reference``.
+
+        Raises:
+            MorphError: exit code 2 when onnxruntime cannot run the model.
+        """
+        if self.reference is None:
+            proto = self.to_proto()
+            try:
+                self.reference = run_model(proto, dummy_inputs(proto, self.input_shapes))
+            except Exception as error:  # onnxruntime raises its own exception types
+                text = str(error).strip()
+                message = text.splitlines()[0] if text else repr(error)
+                raise MorphError(
+                    f"onnxruntime cannot run the model: {message}", file=self.path
+                ) from None
+        return self.reference
+
+    def input_files(self) -> dict[str, str]:
+        """The files the model was read from, as messages name them (for ``OutputPlan``)."""
+        return {
+            path: "the input model" if i == 0 else "external data of the input model"
+            for i, path in enumerate(self.files or [self.path])
+        }
 
     def is_float(self, name: str) -> bool:
         dtype = self.dtypes.get(name)
@@ -57,22 +91,36 @@ class Model:
         return proto
 
 
-def load_model(path: str | os.PathLike, input_shapes: dict[str, list[int]] | None = None) -> Model:
+def load_model(
+    path: str | os.PathLike,
+    input_shapes: dict[str, list[int]] | None = None,
+    probe: bool = False,
+) -> Model:
     """Load, validate, normalise and shape a model.
 
     Args:
         path: The ONNX file.
         input_shapes: Concrete shapes for inputs with dynamic dims. A symbolic batch dim
             becomes 1 without it; any other dynamic dim needs it. Defaults to None.
+        probe: Also run it once in onnxruntime on the probe input and keep its outputs
+            (``reference``), so a model onnxruntime cannot run is refused before any work
+            (shrink does, before training; prune and expand probe only when a result fails
+            a check, which costs nothing on a good model). Defaults to False.
 
     Returns:
         The Model, with every tensor's shape and dtype.
 
     Raises:
-        MorphError: the file is missing, unreadable, invalid, or a dynamic dim is unresolved.
+        MorphError: the file is missing, unreadable, invalid, unsupported, too large, has
+            non-finite weights, does not run (with ``probe``), or a dynamic dim is unresolved.
     """
-    proto = read_proto(path)
-    return model_from_proto(proto, str(path), input_shapes)
+    read = read_model_file(path)
+    model = model_from_proto(read.proto, os.fspath(path), input_shapes)
+    model.files = read.files
+    model.non_finite = check_finite_weights(model.graph, model.path)
+    if probe:
+        model.probe()
+    return model
 
 
 def model_from_proto(
@@ -92,10 +140,12 @@ def model_from_proto(
     quiet_graphsurgeon()
     graph = gs.import_onnx(proto)
     fixed = _fix_input_shapes(graph, input_shapes or {}, path)
+    check_input_sizes(fixed, {t.name: t.dtype for t in graph.inputs if t.dtype is not None}, path)
     _constants_to_initializers(graph)
     _name_nodes(graph)
     graph.toposort()
     shapes, dtypes = infer_shapes(graph, fixed, info, path)
+    check_dtypes(dtypes, path)
     return Model(path, graph, shapes, dtypes, fixed, info)
 
 

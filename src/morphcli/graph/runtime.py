@@ -22,8 +22,11 @@ from onnx import helper
 from morphcli.errors import MorphError
 from morphcli.ops.base import Shape
 
-# Graph-optimizer chatter (e.g. "cannot remove node") is noise for users: errors only.
-ort.set_default_logger_severity(3)
+# onnxruntime logs its own errors, in colour and with the node's raw name, to the process's
+# stderr before raising them; we report each error once, as one line. Its log is on
+# (warnings and up) with MORPHCLI_DEBUG=1.
+LOG_SEVERITY = 1 if os.environ.get("MORPHCLI_DEBUG") else 4
+ort.set_default_logger_severity(LOG_SEVERITY)
 
 CPU = "CPUExecutionProvider"
 PROVIDER_ALIASES = {"cpu": CPU, "cuda": "CUDAExecutionProvider"}
@@ -80,7 +83,7 @@ def session(
             a side file). Defaults to None.
     """
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = LOG_SEVERITY
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

@@ -11,6 +11,7 @@ from onnx import helper
 
 from morphcli.errors import MorphError
 from morphcli.graph.runtime import dummy_inputs, run_model
+from morphcli.graph.validate import check_model_memory
 from morphcli.ops.base import Shape
 
 # Constants larger than this are declared as typed inputs, not copied, for shape inference.
@@ -59,10 +60,7 @@ def infer_shapes(
             dtypes[name] = np.dtype(tensor.dtype)
     shapes.update(fixed)
     proto = shape_proto(graph, fixed, info)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
-    except Exception:
-        inferred = proto
+    inferred, inference_failed = _infer(proto)
     for value in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]:
         tensor_type = value.type.tensor_type
         if tensor_type.elem_type:
@@ -72,12 +70,16 @@ def infer_shapes(
             if all(d >= 0 for d in dims):
                 shapes.setdefault(value.name, tuple(dims))
     used = {t.name for t in graph.outputs}
-    missing = [
+    read = [
         t.name
         for node in graph.nodes
         for t in node.outputs
-        if t.name and t.name not in shapes and (t.outputs or t.name in used)
+        if t.name and (t.outputs or t.name in used)
     ]
+    # After a failed strict inference onnxruntime has the last word: every shape is read
+    # off a run, and only what it cannot run is refused.
+    missing = read if inference_failed else [name for name in read if name not in shapes]
+    check_model_memory(graph, shapes, dtypes, path)
     if missing:
         run_shapes, run_dtypes = _shapes_by_running(graph, fixed, info, missing, path)
         shapes.update(run_shapes)
@@ -87,6 +89,18 @@ def infer_shapes(
         if tensor.dtype is not None and tensor.name not in dtypes:
             dtypes[tensor.name] = np.dtype(tensor.dtype)
     return shapes, dtypes
+
+
+def _infer(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
+    """onnx shape inference, strict first; (the inferred model, whether strict failed)."""
+    try:
+        return onnx.shape_inference.infer_shapes(proto, strict_mode=True, data_prop=True), False
+    except Exception:  # InferenceError, and checker errors for some malformed graphs
+        pass
+    try:
+        return onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True), True
+    except Exception:
+        return proto, True
 
 
 def _shapes_by_running(

@@ -3,9 +3,12 @@
 Every source becomes a torch ``Dataset`` whose items are ``x`` or ``(x, y)``: ``x`` a float
 tensor of the model input's per-sample shape, ``y`` an integer label (tensor). Sources:
 
-- ``data.npz`` with ``x``, optional ``y``, optional ``x_val`` / ``y_val``;
+- ``data.npz`` with ``x``, optional ``y``, optional ``x_val`` / ``y_val`` (uncompressed
+  arrays are memory-mapped and read a batch at a time, see ``npz``);
 - a folder with one subfolder of images per class (class index = sorted folder order),
-  read with Pillow, resized to the model input, scaled to [0, 1], then ``(v - mean) / std``;
+  read with Pillow, brought to the model input (training images through ``--augment``,
+  validation images through the deterministic view, see ``augment``), scaled to [0, 1],
+  then ``(v - mean) / std``;
 - ``module:function``: a callable returning a torch Dataset (the module is imported with the
   current directory on ``sys.path``).
 
@@ -14,17 +17,20 @@ Without validation data the training set is split: ``VAL_FRACTION`` of it is hel
 
 from __future__ import annotations
 
-import importlib
+import copy
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Subset, TensorDataset
+from torch.utils.data import Dataset, Subset
 
 from morphcli.errors import MorphError
+from morphcli.learn.augment import eval_view, sample_rng, train_view
+from morphcli.learn.datacheck import call_dataset, check_npz, read_image
+from morphcli.learn.npz import ArrayDataset, read_npz
 
 VAL_FRACTION = 0.1
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
@@ -45,12 +51,16 @@ class DataSplit:
 
 @dataclass(frozen=True)
 class ImageOptions:
-    """How image folders become tensors: size (H, W), per-channel mean and std."""
+    """How image folders become tensors: size (H, W), per-channel mean and std, the training
+    ``augment`` (``none``, ``flip`` or ``crop-flip``) and whether these are training images
+    (``train``: augmented) or validation images (the deterministic view)."""
 
     channels: int
     size: tuple[int, int]
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
+    augment: str = "none"
+    train: bool = False
 
 
 class ImageFolder(Dataset):
@@ -62,10 +72,17 @@ class ImageFolder(Dataset):
             (path, label)
             for label, name in enumerate(classes)
             for path in sorted((root / name).rglob("*"))
-            if path.suffix.lower() in IMAGE_SUFFIXES
+            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
         ]
         if not self.items:
             raise MorphError("no images in class subfolders", file=str(root))
+        if options.channels not in (1, 3, 4):
+            raise MorphError(
+                f"images feed 1, 3 or 4 input channels, the model takes {options.channels}"
+            )
+        if not {len(options.mean), len(options.std)} <= {1, options.channels}:
+            raise MorphError(f"--mean and --std take 1 or {options.channels} values")
+        self.labels = np.array([label for _, label in self.items], dtype=np.int64)
         self.options = options
         mean = np.asarray(options.mean, np.float32).reshape(-1, 1, 1)
         std = np.asarray(options.std, np.float32).reshape(-1, 1, 1)
@@ -74,14 +91,23 @@ class ImageFolder(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from PIL import Image
+    def viewed(self, options: ImageOptions) -> ImageFolder:
+        """The same images under other options (the validation view of a training folder)."""
+        other = copy.copy(self)
+        other.options = options
+        return other
 
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         path, label = self.items[index]
-        mode = {1: "L", 3: "RGB", 4: "RGBA"}[self.options.channels]
-        height, width = self.options.size
-        with Image.open(path) as image:
-            pixels = np.asarray(image.convert(mode).resize((width, height)), dtype=np.float32)
+        options = self.options
+        mode = {1: "L", 3: "RGB", 4: "RGBA"}[options.channels]
+        height, width = options.size
+        converted = read_image(path, lambda image: image.convert(mode))
+        if options.train:
+            view = train_view(converted, options.size, options.augment, sample_rng(index))
+        else:
+            view = eval_view(converted, options.size, options.augment)
+        pixels = np.asarray(view, dtype=np.float32)
         array = pixels.reshape(height, width, -1).transpose(2, 0, 1) / 255.0
         array = (array - self._mean) / self._std
         return torch.from_numpy(np.ascontiguousarray(array)), torch.tensor(label)
@@ -94,22 +120,18 @@ def _labels(values: np.ndarray, where: str) -> torch.Tensor:
 
 
 def _arrays(x: np.ndarray, y: np.ndarray | None, where: str) -> Dataset:
-    if not np.issubdtype(x.dtype, np.number):
-        raise MorphError(f"inputs must be numbers, got {x.dtype}", file=where)
-    inputs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    if not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x) or x.ndim == 0:
+        raise MorphError(f"inputs must be an array of real numbers, got {x.dtype}", file=where)
     if y is None:
-        return TensorDataset(inputs)
-    if len(y) != len(x):
-        raise MorphError(f"{len(x)} inputs but {len(y)} labels", file=where)
-    return TensorDataset(inputs, _labels(np.asarray(y), where))
+        return ArrayDataset(x)
+    if np.ndim(y) == 0 or len(y) != len(x):
+        raise MorphError(f"{len(x)} inputs but {np.size(y)} labels", file=where)
+    return ArrayDataset(x, _labels(np.asarray(y), where))
 
 
 def _npz(path: Path) -> tuple[Dataset, Dataset | None]:
-    try:
-        with np.load(path, allow_pickle=False) as arrays:
-            found = {k: arrays[k] for k in arrays.files}
-    except (OSError, ValueError) as error:
-        raise MorphError(f"not a readable .npz file ({error})", file=str(path)) from None
+    check_npz(path)
+    found = read_npz(path)
     if "x" not in found:
         raise MorphError(f"no array 'x' (has {', '.join(found) or 'none'})", file=str(path))
     train = _arrays(found["x"], found.get("y"), str(path))
@@ -120,17 +142,9 @@ def _npz(path: Path) -> tuple[Dataset, Dataset | None]:
 
 
 def _callable(spec: str) -> Dataset:
-    module_name, _, function_name = spec.partition(":")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    try:
-        function = getattr(importlib.import_module(module_name), function_name)
-    except (ImportError, AttributeError) as error:
-        raise MorphError(f"--data {spec}: cannot load it ({error})") from None
-    dataset = function()
-    if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
-        raise MorphError(f"--data {spec}: returned {type(dataset).__name__}, not a Dataset")
-    return dataset
+    return call_dataset(spec)
 
 
 def read_source(spec: str, images: ImageOptions) -> tuple[Dataset, Dataset | None]:
@@ -158,7 +172,10 @@ def check_fits(dataset: Dataset, sample_shape: tuple[int, ...], what: str) -> bo
     """Raise if samples do not have the model input's per-sample shape; say if labelled."""
     if len(dataset) == 0:
         raise MorphError(f"{what} is empty")
-    x, y = _first(dataset)
+    try:
+        x, y = _first(dataset)
+    except (TypeError, ValueError, RuntimeError, IndexError) as error:
+        raise MorphError(f"{what}: items must be tensors or (x, y) pairs ({error})") from None
     if tuple(x.shape) != tuple(sample_shape):
         want = "x".join(str(d) for d in sample_shape)
         raise MorphError(
@@ -176,14 +193,16 @@ def split_data(
     seed: int = 0,
 ) -> DataSplit:
     """The training and validation sets for a model input of ``sample_shape`` (no batch dim)."""
-    train, carried = read_source(train_spec, images)
-    val = read_source(val_spec, images)[0] if val_spec else carried
+    train, carried = read_source(train_spec, replace(images, train=True))
+    val_images = replace(images, train=False)
+    val = read_source(val_spec, val_images)[0] if val_spec else carried
     if val is None:
         order = np.random.default_rng(seed).permutation(len(train))
         n_val = max(1, round(VAL_FRACTION * len(train)))
         if len(train) - n_val < 1:
             raise MorphError(f"--data {train_spec}: too few samples to hold out validation")
-        val = Subset(train, order[:n_val].tolist())
+        held_out = train.viewed(val_images) if isinstance(train, ImageFolder) else train
+        val = Subset(held_out, order[:n_val].tolist())
         train = Subset(train, order[n_val:].tolist())
     labelled = check_fits(train, sample_shape, f"--data {train_spec}")
     val_labelled = check_fits(val, sample_shape, f"validation data of {val_spec or train_spec}")

@@ -9,20 +9,36 @@ and for a depthwise conv (a FLOPs term tied to its input), ``C * (sum(p_A) + sum
 the threshold and is a constant (no gradient). With more factors the same rule holds: each
 factor's ``sum(p)`` times the product of the others' alive counts. Summed over terms this is
 
-    penalty = sum_g W_g * sum(p_g),  W = d cost / d alive (at the current alive counts)
+    penalty = sum_g W_g * sum(p_g) / s_g,  W = d cost / d alive (at the current alive counts)
 
-plus ``C`` per tied channel, which is how it is computed. A factor's ``sum(p)`` is
-``sum(count * sum(p_g))`` over its groups, where a class repeated in a tensor (a depthwise
-multiplier, a flatten into features) counts that many times.
+plus ``C`` per tied channel, which is how it is computed. ``s_g`` is the group's scale: the
+mean of its ``p`` when the penalty is built. ``p`` is thus measured relative to its own
+layer, which keeps the balance between the penalty and the task loss the same whatever
+factor a layer's BN scales and the next layer's weights share (scaling a layer's gammas by
+``a`` and the weights reading it by ``1 / a`` computes the same function and scales both the
+task gradient and the penalty's pull on those gammas by ``1 / a``); with raw gammas, layers
+with small gammas (often the inner convs of residual blocks) were emptied first. Measured on
+the narrow Fashion-MNIST ResNet at 25% FLOPs: +1.4 points of test accuracy (2 seeds).
+
+A factor's ``sum(p)`` is ``sum(count * sum(p_g))`` over its groups, where a class repeated in
+a tensor (a depthwise multiplier, a flatten into features) counts that many times.
 
 A group's ``p`` comes from its members (sources): ``|gamma|`` of a normalisation scale that
 follows it ("gamma" mode), or the L2 norm of each channel's producing filter slices ("group
 lasso" mode, e.g. for models exported with BN folded into the convs). Where several members
-share a group (a residual join) a channel's ``p`` is the max over members and it is alive if
-any member is: ``|gamma| > 1e-2``, or a filter norm over 1e-2 times that member's largest.
-In "auto" mode a producer whose output goes straight into a normalisation is represented by
-the normalisation's gamma, any other producer by its filter norms. Pinned groups and groups
-without a source keep their full width as alive count and contribute ``p = 0``.
+share a group (a residual join) a channel's ``p`` is the L2 norm over all its members'
+entries (the reference implementation's L2 grouping; its max grouping sends the whole
+gradient to the largest member, so a residual channel shrinks one member at a time and
+residual groups stayed almost full), and it is alive if any member is: ``|gamma| > 1e-2``,
+or a filter norm over 1e-2 times that member's largest. In "auto" mode a producer whose
+output goes straight into a normalisation is represented by the normalisation's gamma, any
+other producer by its filter norms. Pinned groups and groups without a source keep their full
+width as alive count and contribute ``p = 0``.
+
+``shrink(step)`` is the proximal step of ``step * penalty`` (group soft-thresholding): the
+training loop of ``morphnet shrink`` takes it after each optimizer step instead of adding the
+penalty to the loss, so a channel whose ``p`` falls under ``step * W_g`` becomes exactly zero
+and stays there, however strong lambda is.
 """
 
 from __future__ import annotations
@@ -47,9 +63,9 @@ class Source:
     """One member's per-channel penalty vector for a group, read off a constant's axis.
 
     ``positions[i]`` are the indices along ``axis`` of ``const`` that carry class ``i`` of the
-    group (several when the tensor repeats the class). ``kind`` is "gamma" (``p`` = the largest
-    ``|value|`` of the class) or "group_lasso" (``p`` = the L2 norm of all of the class's
-    entries, i.e. of its filter slices).
+    group (several when the tensor repeats the class). ``p`` is the L2 norm of all of the
+    class's entries (``|gamma|`` for one scale, a filter slice's norm); ``kind`` ("gamma" or
+    "group_lasso") sets the alive threshold.
     """
 
     const: str
@@ -61,9 +77,14 @@ class Source:
         rows = value.movedim(self.axis, 0).reshape(value.shape[self.axis], -1)
         index = torch.as_tensor(self.positions.reshape(-1), device=value.device)
         picked = rows[index].reshape(len(self.positions), -1)
-        if self.kind == "gamma":
-            return picked.abs().amax(dim=1)
         return torch.linalg.vector_norm(picked, dim=1)
+
+    def scale(self, value: torch.Tensor, factor: torch.Tensor) -> None:
+        """Multiply, in place, every entry of class ``i`` by ``factor[i]``."""
+        rows = value.detach().movedim(self.axis, 0)
+        index = torch.as_tensor(self.positions.reshape(-1), device=value.device)
+        per_entry = factor.repeat_interleave(self.positions.shape[1]).to(value.dtype)
+        rows[index] = rows[index] * per_entry.view((-1,) + (1,) * (rows.dim() - 1))
 
     def alive(self, p: np.ndarray) -> np.ndarray:
         if self.kind == "gamma":
@@ -142,10 +163,24 @@ class MorphNetPenalty:
         resource: "flops", "params" or a ``ResourceKind`` (a measured latency model, whose
             weights are d latency / d alive). Defaults to "flops".
         mode: "auto", "gamma" or "group_lasso" (see the module docstring). Defaults to "auto".
+        agree: Maps every group's ``p`` values (one float64 array, all groups' sources
+            concatenated) to the values that decide which channels are alive in
+            ``alive_masks``, ``alive_widths`` and ``cost`` (lambda's checks, surgery); under
+            DistributedDataParallel, the mean over processes (``World.mean``), so every
+            process takes the same decisions. The per-step weights of ``__call__`` and
+            ``shrink`` use the values as they are (DDP keeps the parameters equal on every
+            process), which spares a collective per step. Defaults to None.
+        scales: Each group's ``s`` (``scales``); a phase resumed from a checkpoint passes the
+            ones its penalty started with. Defaults to None (measured now).
     """
 
     def __init__(
-        self, module: torch.nn.Module, resource: str | ResourceKind = "flops", mode: str = "auto"
+        self,
+        module: torch.nn.Module,
+        resource: str | ResourceKind = "flops",
+        mode: str = "auto",
+        agree: Callable[[np.ndarray], np.ndarray] | None = None,
+        scales: list[float] | np.ndarray | None = None,
     ):
         from morphcli.graph.builder import build_channel_graph
 
@@ -153,7 +188,8 @@ class MorphNetPenalty:
         cg = build_channel_graph(model)
         cm = build_cost_model(model, cg)
         bound = resource_kind(resource).bind(model, cg, cm)
-        self._setup(cg, cm, module.tensor, bound, mode)
+        self._setup(cg, cm, module.tensor, bound, mode, scales)
+        self.agree = agree
 
     @classmethod
     def over(
@@ -169,7 +205,8 @@ class MorphNetPenalty:
         penalty = cls.__new__(cls)
         if isinstance(resource, str):
             resource = count_resource(cm, resource)
-        penalty._setup(cg, cm, tensor, resource, mode)
+        penalty._setup(cg, cm, tensor, resource, mode, None)
+        penalty.agree = None
         return penalty
 
     def _setup(
@@ -179,6 +216,7 @@ class MorphNetPenalty:
         tensor: Callable[[str], torch.Tensor],
         resource: Resource,
         mode: str,
+        scales: np.ndarray | None,
     ) -> None:
         self.channel_graph = cg
         self.cost_model = cm
@@ -187,6 +225,10 @@ class MorphNetPenalty:
         self.sources = penalty_sources(cg, mode)
         self._tensor = tensor
         self._weights_at: tuple[tuple[int, ...], np.ndarray] | None = None
+        if scales is None:
+            with torch.no_grad():
+                scales = [1.0 if p is None else max(float(p.mean()), 1e-12) for p in self.vectors()]
+        self.scales = np.asarray(scales, dtype=np.float64)
 
     @property
     def sourced(self) -> np.ndarray:
@@ -197,28 +239,33 @@ class MorphNetPenalty:
         """Every group's member vectors, one per source."""
         return [[s.vector(self._tensor(s.const)) for s in sources] for sources in self.sources]
 
-    def _masks(self, members: list[list[torch.Tensor]]) -> list[np.ndarray]:
+    def _masks(self, members: list[list[torch.Tensor]], agreed: bool = False) -> list[np.ndarray]:
+        values = [[v.detach().double().cpu().numpy() for v in vectors] for vectors in members]
+        if agreed and self.agree is not None:
+            flat = [array for arrays in values for array in arrays]
+            agreed = self.agree(np.concatenate(flat) if flat else np.zeros(0))
+            values = _split_like(agreed, values)
         masks = []
         for group, sources, vectors in zip(
-            self.channel_graph.groups, self.sources, members, strict=True
+            self.channel_graph.groups, self.sources, values, strict=True
         ):
             if not sources:
                 masks.append(np.ones(group.width, dtype=bool))
                 continue
             mask = np.zeros(group.width, dtype=bool)
             for source, vector in zip(sources, vectors, strict=True):
-                mask |= source.alive(vector.detach().double().cpu().numpy())
+                mask |= source.alive(vector)
             masks.append(mask)
         return masks
 
     def vectors(self) -> list[torch.Tensor | None]:
-        """Each group's ``p`` (max over its sources), or None for a group without a source."""
-        return [_max_of(vectors) for vectors in self._members()]
+        """Each group's ``p`` (L2 over its sources), or None for a group without a source."""
+        return [_combined(vectors) for vectors in self._members()]
 
     def alive_masks(self) -> list[np.ndarray]:
         """For each group, which of its classes are alive (all of them without a source)."""
         with torch.no_grad():
-            return self._masks(self._members())
+            return self._masks(self._members(), agreed=True)
 
     def alive_widths(self) -> np.ndarray:
         """The alive channel count of every group."""
@@ -233,12 +280,13 @@ class MorphNetPenalty:
         return self.resource.value(self.channel_graph.widths())
 
     def weights(self, alive: np.ndarray) -> np.ndarray:
-        """``W``: the resource's penalty weights at ``alive`` (for FLOPs and parameters
-        d cost / d alive plus the tied terms' ``C * count``)."""
+        """``W / s``: the resource's penalty weights at ``alive`` (for FLOPs and parameters
+        d cost / d alive plus the tied terms' ``C * count``), divided by each group's scale
+        ``s`` (``scales``)."""
         key = tuple(int(a) for a in alive)
         if self._weights_at is None or self._weights_at[0] != key:
             weights = self.resource.penalty_weights(np.asarray(alive, dtype=np.float64))
-            self._weights_at = (key, weights)
+            self._weights_at = (key, weights / self.scales)
         return self._weights_at[1]
 
     def __call__(self) -> torch.Tensor:
@@ -248,13 +296,47 @@ class MorphNetPenalty:
         weights = self.weights(alive)
         terms = [
             float(weights[gid]) * p.sum()
-            for gid, p in enumerate(_max_of(vectors) for vectors in members)
+            for gid, p in enumerate(_combined(vectors) for vectors in members)
             if p is not None and weights[gid] != 0.0
         ]
         return torch.stack(terms).sum() if terms else torch.zeros(())
 
+    def shrink(self, step: float, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """The proximal step of ``step * penalty``, in place: every channel's entries (over all
+        its members) are scaled by ``max(0, 1 - step * W_g / p)``, so a channel with
+        ``p <= step * W_g`` becomes exactly zero (group soft-thresholding). The momentum of
+        ``optimizer`` is cleared where a channel became zero, so that momentum gathered
+        before does not carry it back out on its own."""
+        with torch.no_grad():
+            members = self._members()
+            alive = np.array([m.sum() for m in self._masks(members)], dtype=np.int64)
+            weights = self.weights(alive)
+            for gid, (sources, vectors) in enumerate(zip(self.sources, members, strict=True)):
+                if not sources or weights[gid] == 0.0:
+                    continue
+                p = _combined(vectors)
+                threshold = step * float(weights[gid])
+                factor = (1.0 - threshold / p.clamp_min(1e-30)).clamp_min(0.0)
+                for source in sources:
+                    value = self._tensor(source.const)
+                    source.scale(value, factor)
+                    state = optimizer.state.get(value, {}) if optimizer is not None else {}
+                    for key in ("momentum_buffer", "exp_avg"):
+                        if state.get(key) is not None:
+                            source.scale(state[key], (factor > 0).to(state[key].dtype))
 
-def _max_of(vectors: list[torch.Tensor]) -> torch.Tensor | None:
+
+def _split_like(flat: np.ndarray, nested: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
+    """``flat`` cut back into pieces the sizes of ``nested``'s arrays, in order."""
+    sizes = [len(array) for arrays in nested for array in arrays]
+    pieces = iter(np.split(flat, np.cumsum(sizes)[:-1]))
+    return [[next(pieces) for _ in arrays] for arrays in nested]
+
+
+def _combined(vectors: list[torch.Tensor]) -> torch.Tensor | None:
+    """Members' vectors as one: the L2 norm over members, per channel."""
     if not vectors:
         return None
-    return vectors[0] if len(vectors) == 1 else torch.stack(vectors).amax(dim=0)
+    if len(vectors) == 1:
+        return vectors[0]
+    return torch.linalg.vector_norm(torch.stack(vectors), dim=0)

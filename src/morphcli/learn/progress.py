@@ -1,7 +1,8 @@
 """Progress of long training phases: a rich bar on a terminal, one plain line per epoch otherwise.
 
 The bar shows the running loss, the penalty's alive cost and its fraction of the phase's
-starting cost; the plain lines (CI logs) say the same once per epoch.
+starting cost, and the training images per second (all processes together); the plain lines
+(CI logs) say the same once per epoch. Under ``torchrun`` only rank 0 shows progress.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ class Progress:
         return text
 
     def advance(self, metrics: dict[str, float | None]) -> None:
-        """One step done; ``metrics`` has "loss" and maybe "penalty" and "alive"."""
+        """One step done; ``metrics`` has "loss" and maybe "penalty", "alive" and
+        "images_per_s"."""
         if self._bar is None:
             return
         loss = metrics.get("loss")
@@ -84,6 +86,8 @@ class Progress:
         if metrics.get("penalty") is not None:
             parts.append(f"penalty {metrics['penalty']:.3g}")
         parts.append(self._alive_text(self._alive))
+        if metrics.get("images_per_s"):
+            parts.append(f"{metrics['images_per_s']:.0f} img/s")
         self._bar.update(self._task, advance=1, info="  ".join(p for p in parts if p))
 
     def epoch_done(self, stats: EpochStats, epochs: int) -> None:
@@ -91,12 +95,15 @@ class Progress:
         if stats.penalty is not None:
             parts += [f"penalty {stats.penalty:.4g}", f"lambda {stats.strength:.3g}"]
             parts.append(self._alive_text(stats.alive_cost))
+        if stats.seconds > 0:
+            parts.append(f"{stats.images_per_s:.0f} img/s")
         if self._bar is None:
-            self.console.print("  ".join(p for p in parts if p), highlight=False)
+            self.console.print("  ".join(p for p in parts if p), highlight=False, soft_wrap=True)
 
     def note(self, text: str) -> None:
-        """A line between phases (what was removed, the multiplier found, a resume)."""
-        self.console.print(text, highlight=False)
+        """A line between phases (what was removed, the multiplier found, a resume); never
+        wrapped, so a log keeps one line per note."""
+        self.console.print(text, highlight=False, soft_wrap=True)
 
     def stop(self) -> None:
         if self._bar is not None:

@@ -1,48 +1,111 @@
-"""lambda, the penalty's strength, and how ``lambda auto`` steers it toward the goal."""
+"""lambda, the penalty's strength: where ``lambda auto`` starts and how it is steered.
+
+Structure learning takes the penalty as a proximal step after every optimizer step
+(``MorphNetPenalty.shrink(lr * lambda)``), which moves a channel's ``p`` toward zero by
+``lr * lambda * W_g`` per step. So lambda has a scale of its own, whatever the task loss or
+the model's cost units are: over ``T`` steps the penalty alone would kill every channel whose
+``p / W_g`` is under ``lr * lambda * T``. ``lambda auto`` starts where that would bring the
+alive cost to the goal (``calibrated``) and is steered from there, since the task loss
+holds on to the channels it needs.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-# lambda auto: raise by this factor, up to MAX_RAISE times the initial value.
-RAISE = 2.0
-MAX_RAISE = 8.0
+import numpy as np
+
+from morphcli.learn.penalty import MorphNetPenalty
+
+# lambda auto is raised (lowered) by this factor at a check where the alive cost is behind
+# its plan (well under the goal); SLACK is how far off the plan still counts as on track.
+RAISE = 1.25
+SLACK = 0.02
+# A bound on lambda auto relative to its start: a guard against a runaway, not a cap that
+# binds in practice (a learning phase that cannot reach its goal is reported as such).
+HIGHEST = 1e6
+# Points of the plan (progress 0 ... 1) kept for interpolation.
+PLAN_POINTS = 41
 
 
 @dataclass
 class Strength:
-    """lambda, the penalty's weight.
+    """lambda, and with ``auto`` its steering toward ``goal``.
 
-    ``auto``: at each check, lambda is raised by RAISE (never beyond MAX_RAISE times its first
-    value) when the alive cost is over ``goal`` and is not on track to reach it by the
-    deadline: neither the alive cost nor the penalty fell since the last check by the
-    fraction ``1 - (goal / alive) ** (window / steps_left)`` that a steady geometric decline
-    would need. Channels cross the alive threshold some steps after lambda starts to shrink
-    them; the penalty (a continuous measure of the same cost) shows that progress early, so
-    lambda does not keep rising while channels are already on their way out. Under the goal
-    lambda is lowered by RAISE (not below its first value), which stops the cascade of dying
-    channels that a raised lambda keeps feeding. The cap keeps lambda where the per-step
-    change of a scale stays small next to the alive threshold: a far stronger lambda makes
-    scales jump across zero by more than the threshold, and nothing ever counts as dead.
+    The plan is the alive cost over the phase (``progress`` = the share of the steps to the
+    deadline done) that the calibrated lambda would give if the task loss held on to nothing
+    (``calibrated``): channels die in order of ``p / W_g``, the goal is reached at the
+    deadline. At each check lambda is raised by RAISE while the alive cost is over
+    ``(1 + SLACK) * max(plan, goal)`` (the task loss holds on to more than planned), and
+    lowered by RAISE while it is under ``(1 - SLACK) * goal``.
     """
 
     value: float
     auto: bool = False
     goal: float = 0.0
-    last_cost: float | None = None
-    last_penalty: float | None = None
+    start: float = 0.0
     initial: float | None = None
+    plan: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.initial = self.value if self.initial is None else self.initial
 
-    def check(self, alive_cost: float, penalty: float, window: int, steps_left: int) -> None:
-        """One check, ``window`` steps after the last, ``steps_left`` before the deadline."""
-        if self.auto and self.last_cost and self.last_penalty and alive_cost > self.goal:
-            needed = 1.0 - (self.goal / alive_cost) ** (window / max(steps_left, window))
-            moved = max(1.0 - alive_cost / self.last_cost, 1.0 - penalty / self.last_penalty)
-            if moved < needed:
-                self.value = min(self.value * RAISE, MAX_RAISE * self.initial)
-        elif self.auto and alive_cost < self.goal:
-            self.value = max(self.value / RAISE, self.initial)
-        self.last_cost, self.last_penalty = alive_cost, penalty
+    def planned(self, progress: float) -> float:
+        """The alive cost the plan wants at ``progress``."""
+        if not self.plan:
+            return self.goal
+        points = np.linspace(0.0, 1.0, len(self.plan))
+        return float(np.interp(min(max(progress, 0.0), 1.0), points, self.plan))
+
+    def check(self, alive_cost: float, progress: float) -> None:
+        """One check of the alive cost at ``progress``."""
+        if not self.auto:
+            return
+        if alive_cost > (1.0 + SLACK) * max(self.planned(progress), self.goal):
+            self.value = min(self.value * RAISE, HIGHEST * self.initial)
+        elif alive_cost < (1.0 - SLACK) * self.goal:
+            self.value = max(self.value / RAISE, self.initial / HIGHEST)
+
+    @classmethod
+    def calibrated(cls, penalty: MorphNetPenalty, goal: float, lr: float, steps: int) -> Strength:
+        """lambda auto for a phase of ``steps`` proximal steps of size ``lr * lambda``.
+
+        Without any pull from the task loss, ``steps`` such steps kill every channel whose
+        ``p / W_g`` is under ``lr * lambda * steps``; lambda is the smallest that kills
+        enough (lowest ratio first, every group keeping one channel) to bring the alive cost
+        to ``goal``, and the plan is the alive cost along the way.
+        """
+        alive = penalty.alive_widths()
+        start = penalty.resource.value(alive)
+        weights = penalty.weights(alive)
+        ratios, groups = [], []
+        for gid, p in enumerate(penalty.vectors()):
+            if p is None or weights[gid] <= 0:
+                continue
+            values = np.sort(p.detach().double().cpu().numpy())[: max(int(alive[gid]) - 1, 0)]
+            ratios.append(values / weights[gid])
+            groups.append(np.full(len(values), gid))
+        if not ratios:  # nothing to remove: lambda does not matter
+            return cls(1.0, auto=True, goal=goal, start=start)
+        ratio, group = np.concatenate(ratios), np.concatenate(groups)
+        order = np.argsort(ratio, kind="stable")
+        ratio, group = ratio[order], group[order]
+
+        def cost(k: int) -> float:
+            removed = np.bincount(group[:k], minlength=len(alive))
+            return penalty.resource.value(alive - removed)
+
+        low, high = 0, len(ratio)
+        if cost(high) > goal:
+            low = high
+        while low < high:  # the fewest removals that reach the goal
+            mid = (low + high) // 2
+            if cost(mid) <= goal:
+                high = mid
+            else:
+                low = mid + 1
+        threshold = max(float(ratio[max(low, 1) - 1]), 1e-30)
+        cuts = np.searchsorted(ratio, threshold * np.linspace(0.0, 1.0, PLAN_POINTS), "right")
+        plan = [cost(int(k)) for k in cuts]
+        value = threshold / max(lr * steps, 1e-12)
+        return cls(value, auto=True, goal=goal, start=start, plan=plan)

@@ -1,34 +1,44 @@
-"""The training loop: epochs of the task loss plus the penalty, optimizers, BN recalibration.
+"""The training loop: epochs of the task loss with the penalty's proximal steps, optimizers,
+BN recalibration.
 
-``fit`` runs whole epochs of ``loss + lambda * penalty`` (no penalty when fine-tuning) with
-SGD (momentum 0.9) or Adam at a fixed learning rate, shuffling with a generator seeded by
+``fit`` runs whole epochs of the task loss with SGD (momentum 0.9) or Adam, each optimizer
+step followed by the proximal step of ``lr * lambda * penalty`` when structure learning (no
+penalty when fine-tuning), at a fixed learning rate or a cosine decay, shuffling with a
+generator seeded by
 ``seed`` and the epoch index, so a run resumed at an epoch boundary sees the same batches as an
 uninterrupted one. After every epoch it calls ``on_epoch`` (where the caller checkpoints).
+
+An ``Execution`` says how: in one process or data parallel under ``torchrun`` (each rank
+takes its share of every global batch of ``batch_size``; DDP averages the gradients; the
+penalty's decisions and the reported means are all-reduced), in which precision, with how
+many loader workers. Without one, training runs in this process in fp32.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from morphcli.learn.execution import Execution
+from morphcli.learn.finite import check_evaluation, check_step, check_weights, non_finite
 from morphcli.learn.objective import Objective, batch_parts, outputs_of
 from morphcli.learn.penalty import MorphNetPenalty
+from morphcli.learn.precision import Precision
 from morphcli.learn.progress import Progress
 from morphcli.learn.strength import Strength
 
 DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3}
 MOMENTUM = 0.9
 # lambda auto (see Strength) aims to reach its goal by DEADLINE of the phase's steps (the
-# rest lets the new structure settle); checks run CHECKS_PER_EPOCH times an epoch but at
-# least MIN_CHECK_STEPS apart.
+# rest lets the new structure settle); the alive cost is checked every CHECK_STEPS steps.
 DEADLINE = 0.75
-CHECKS_PER_EPOCH = 4
-MIN_CHECK_STEPS = 20
+CHECK_STEPS = 5
 # Batches that refresh BN running statistics (momentum 0.1: the old values keep 0.9^50).
 RECALIBRATION_BATCHES = 50
 
@@ -65,14 +75,21 @@ class Schedule:
 
 @dataclass
 class EpochStats:
-    """What one epoch did (means over its steps; the alive cost at its end)."""
+    """What one epoch did (means over its steps and processes; the alive cost at its end;
+    the images all processes trained on and the seconds it took)."""
 
     epoch: int
     loss: float
     penalty: float | None = None
     strength: float | None = None
     alive_cost: float | None = None
+    images: int = 0
+    seconds: float = 0.0
     extra: dict = field(default_factory=dict)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
 
 
 def make_optimizer(module: nn.Module, schedule: Schedule) -> torch.optim.Optimizer:
@@ -83,53 +100,64 @@ def make_optimizer(module: nn.Module, schedule: Schedule) -> torch.optim.Optimiz
     return torch.optim.SGD(params, lr=lr, momentum=MOMENTUM)
 
 
-def loader(dataset: Dataset, batch_size: int, seed: int | None = None) -> DataLoader:
-    """Shuffled with a generator seeded by ``seed`` (drop the ragged last batch), or in order."""
-    if seed is None:
-        return DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=True,
-        generator=generator,
-        drop_last=len(dataset) > batch_size,
-    )
-
-
 def recalibrate(
-    module: nn.Module, dataset: Dataset, batch_size: int, device: str, seed: int = 0
+    module: nn.Module,
+    dataset: Dataset,
+    batch_size: int,
+    device: str,
+    seed: int = 0,
+    *,
+    execution: Execution | None = None,
 ) -> None:
     """Refresh normalisation running statistics: RECALIBRATION_BATCHES forward passes in
-    train mode without gradients.
+    train mode without gradients, going over ``dataset`` again (reshuffled) when it has
+    fewer batches, so the old statistics keep at most 0.9^50 of their weight. Every process
+    runs the same batches, so all reach the same statistics.
 
     Structure learning shrinks scales every step, so the running statistics lag behind the
     weights and an eval-mode model is far worse than the trained one; this catches them up.
+    Surgery changes what every channel sums over, which stales them the same way.
     """
+    execution = execution or Execution()
+    batches = execution.training_batches(dataset, batch_size, seed, device, shared=False)
     was_training = module.training
+    settings = non_finite(module)
     module.train()
+    done, epoch = 0, 0
     with torch.no_grad():
-        for index, batch in enumerate(loader(dataset, batch_size, seed=seed)):
-            if index == RECALIBRATION_BATCHES:
-                break
-            module(batch_parts(batch)[0].to(device))
+        while done < RECALIBRATION_BATCHES:
+            for batch in batches.epoch(epoch):
+                module(batch_parts(batch)[0].to(device, non_blocking=True))
+                done += 1
+                if done == RECALIBRATION_BATCHES:
+                    break
+            epoch += 1
     module.train(was_training)
+    check_weights(module, "re-estimating the BN statistics", allowed=settings)
 
 
 def evaluate(
-    module: nn.Module, dataset: Dataset, objective: Objective, batch_size: int, device: str
+    module: nn.Module,
+    dataset: Dataset,
+    objective: Objective,
+    batch_size: int,
+    device: str,
+    *,
+    execution: Execution | None = None,
 ) -> tuple[float, float | None]:
-    """Mean loss and accuracy (None without labels) over ``dataset``, in eval mode."""
+    """Mean loss and accuracy (None without labels) over ``dataset``, in eval mode (each
+    process takes its share; the sums are all-reduced)."""
+    execution = execution or Execution()
     was_training = module.training
     module.eval()
     objective.train(False)
     total, correct, count = 0.0, 0.0, 0
     labelled = True
     with torch.no_grad():
-        for batch in loader(dataset, batch_size):
+        for batch in execution.ordered_batches(dataset, batch_size, device):
             x, y = batch_parts(batch)
-            x = x.to(device)
-            y = y.to(device) if y is not None else None
+            x = x.to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True) if y is not None else None
             outputs = outputs_of(module(x))
             n = len(x)
             total += float(objective(outputs, x, y)) * n
@@ -139,6 +167,8 @@ def evaluate(
             count += n
     module.train(was_training)
     objective.train(was_training)
+    total, correct, count = (float(v) for v in execution.world.sum([total, correct, count]))
+    check_evaluation(total / count)
     return total / count, (correct / count if labelled else None)
 
 
@@ -156,56 +186,76 @@ def fit(
     start_epoch: int = 0,
     optimizer_state: dict | None = None,
     on_epoch: Callable[[EpochStats, torch.optim.Optimizer], None] | None = None,
+    execution: Execution | None = None,
 ) -> list[EpochStats]:
     """Train ``module`` in place from epoch ``start_epoch`` to the schedule's end.
 
-    With ``penalty`` the loss is ``task + strength.value * penalty()`` and ``strength`` is
-    checked CHECKS_PER_EPOCH times an epoch against the alive cost.
+    With ``penalty`` every optimizer step is followed by ``penalty.shrink(lr *
+    strength.value)`` (the proximal step of the penalty, the same on every process, whose
+    parameters DDP keeps equal), and ``strength`` is checked every CHECK_STEPS steps against
+    the alive cost (decided from values averaged over processes), with the deadline at
+    DEADLINE of the phase's steps.
     """
+    execution = execution or Execution()
+    world = execution.world
     module.to(device)
     module.train()
     objective.train()
     optimizer = make_optimizer(module, schedule)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
+    batches = execution.training_batches(dataset, schedule.batch_size, schedule.seed, device)
     per_epoch = schedule.steps_per_epoch(len(dataset))
     epochs = schedule.total_epochs(len(dataset))
     total_steps = schedule.steps if schedule.steps is not None else epochs * per_epoch
-    check_every = max(MIN_CHECK_STEPS, per_epoch // CHECKS_PER_EPOCH)
     history = []
     reference = None
     if penalty is not None:
         reference = penalty.full_cost()
+    settings = non_finite(module)
+    first_loss = None
     progress.start(label, total_steps, start_epoch * per_epoch, reference)
     try:
-        for epoch in range(start_epoch, epochs):
-            sums = {"loss": 0.0, "penalty": 0.0}
-            steps = 0
-            for batch in loader(dataset, schedule.batch_size, seed=schedule.seed * 100_003 + epoch):
-                step = epoch * per_epoch + steps
-                if step >= total_steps:
-                    break
-                if schedule.cosine:
-                    for param_group in optimizer.param_groups:
-                        param_group["lr"] = schedule.lr_at(step, total_steps)
-                metrics = _step(module, batch, objective, optimizer, device, penalty, strength)
-                steps += 1
-                for key in sums:
-                    sums[key] += metrics.get(key) or 0.0
-                if penalty is not None and (step + 1) % check_every == 0:
-                    steps_left = int(DEADLINE * total_steps) - step
-                    strength.check(penalty.cost(), metrics["penalty"], check_every, steps_left)
-                    metrics["alive"] = strength.last_cost
-                progress.advance(metrics)
-            stats = EpochStats(epoch, sums["loss"] / max(steps, 1))
-            if penalty is not None:
-                stats.penalty = sums["penalty"] / max(steps, 1)
-                stats.strength = strength.value
-                stats.alive_cost = penalty.cost()
-            history.append(stats)
-            progress.epoch_done(stats, epochs)
-            if on_epoch is not None:
-                on_epoch(stats, optimizer)
+        with execution.training(module, objective) as model:
+            for epoch in range(start_epoch, epochs):
+                sums = {"loss": 0.0, "penalty": 0.0}
+                steps = images = 0
+                started = time.perf_counter()
+                for batch in batches.epoch(epoch):
+                    step = epoch * per_epoch + steps
+                    if step >= total_steps:
+                        break
+                    if schedule.cosine:
+                        for param_group in optimizer.param_groups:
+                            param_group["lr"] = schedule.lr_at(step, total_steps)
+                    metrics = _step(
+                        model, batch, objective, optimizer, device, penalty, strength,
+                        execution.precision,
+                    )  # fmt: skip
+                    first_loss = metrics["loss"] if first_loss is None else first_loss
+                    x = batch_parts(batch)[0]
+                    check_step(metrics, x, step, label, schedule.base_lr, first_loss)
+                    steps += 1
+                    images += len(x) * world.size
+                    for key in sums:
+                        sums[key] += metrics.get(key) or 0.0
+                    if penalty is not None and (step + 1) % CHECK_STEPS == 0:
+                        metrics["alive"] = penalty.cost()
+                        strength.check(metrics["alive"], (step + 1) / (DEADLINE * total_steps))
+                    metrics["images_per_s"] = images / (time.perf_counter() - started)
+                    progress.advance(metrics)
+                seconds = time.perf_counter() - started
+                means = world.mean([sums["loss"], sums["penalty"]]) / max(steps, 1)
+                stats = EpochStats(epoch, float(means[0]), images=images, seconds=seconds)
+                if penalty is not None:
+                    stats.penalty = float(means[1])
+                    stats.strength = strength.value
+                    stats.alive_cost = penalty.cost()
+                check_weights(module, f"{label} epoch {epoch + 1}", schedule.base_lr, settings)
+                history.append(stats)
+                progress.epoch_done(stats, epochs)
+                if on_epoch is not None:
+                    on_epoch(stats, optimizer)
     finally:
         progress.stop()
     return history
@@ -219,19 +269,19 @@ def _step(
     device: str,
     penalty: MorphNetPenalty | None,
     strength: Strength | None,
+    precision: Precision,
 ) -> dict[str, float]:
-    """One optimizer step on ``task + lambda * penalty``; returns the loss and penalty values."""
+    """One optimizer step on the task loss, then the penalty's proximal step; returns the
+    loss and penalty values."""
     x, y = batch_parts(batch)
-    x = x.to(device)
-    y = y.to(device) if y is not None else None
+    x = x.to(device, non_blocking=True)
+    y = y.to(device, non_blocking=True) if y is not None else None
     task = objective(outputs_of(module(x)), x, y)
-    loss = task
     metrics = {"loss": task.item()}
-    if penalty is not None:
-        value = penalty()
-        loss = task + strength.value * value
-        metrics["penalty"] = value.item()
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    precision.step(task, optimizer)
+    if penalty is not None:
+        penalty.shrink(optimizer.param_groups[0]["lr"] * strength.value, optimizer)
+        with torch.no_grad():
+            metrics["penalty"] = penalty().item()
     return metrics

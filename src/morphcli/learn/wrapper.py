@@ -14,6 +14,7 @@ import copy
 import os
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -40,12 +41,15 @@ class TorchContext:
 
     ``opset`` and ``shapes`` (the analysis shapes, dynamic dims fixed) are for building the
     callable; ``training`` is set by the module before every forward, so a callable reads it
-    when called (BatchNormalization statistics, Dropout).
+    when called (BatchNormalization statistics, Dropout). ``sum_over_ranks``, where set, sums
+    a tensor over the processes of a data-parallel run, with gradients: training
+    normalisation then uses the statistics of the whole global batch (``--sync-bn``).
     """
 
     opset: int
     shapes: dict[str, Shape]
     training: bool = False
+    sum_over_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def shape(self, name: str) -> Shape | None:
         """The analysis shape of tensor ``name``, or None when it is unknown."""
@@ -130,6 +134,13 @@ class OnnxModule(nn.Module):
         if key is None:
             raise MorphError(f"the model has no constant named {onnx_name!r}")
         return getattr(self, key)
+
+    def sync_batch_norm(
+        self, sum_over_ranks: Callable[[torch.Tensor], torch.Tensor] | None
+    ) -> None:
+        """Normalise training batches with statistics summed over processes by
+        ``sum_over_ranks`` (an autograd-aware all-reduce), or, with None, each process's own."""
+        self._ctx.sum_over_ranks = sum_over_ranks
 
     def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> Any:
         """Run the graph: every node's callable on its input slots, in topological order,

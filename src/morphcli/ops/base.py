@@ -77,6 +77,14 @@ class OpRule:
         setting (Clip bounds, Resize scales, Pad value) or a shape."""
         return True
 
+    def fresh_input(
+        self, node: gs.Node, index: int, values: np.ndarray, rng: np.random.Generator
+    ) -> np.ndarray | None:
+        """The value constant input ``index`` takes when the model is to be trained from
+        scratch (``apply --init scratch``), or None to keep it (settings, shapes, and the
+        constants of ops that have no standard initialisation)."""
+        return None
+
     def rewrite(self, node: gs.Node, ctx: RewriteContext) -> None:
         """Rewrite attributes and shape-like inputs after the channels changed."""
 
@@ -95,6 +103,12 @@ class OpRule:
     def add_to_output(self, node: gs.Node, delta: np.ndarray, ctx: RewriteContext) -> None:
         """Add ``delta`` (one value per channel of the first output) to that output."""
         raise NotImplementedError(f"{node.op} cannot take an output bias")
+
+
+def he_normal(values: np.ndarray, fan_in: int, rng: np.random.Generator) -> np.ndarray:
+    """He (Kaiming) normal initialisation for a ReLU network: std = sqrt(2 / fan_in)."""
+    std = np.sqrt(2.0 / max(fan_in, 1))
+    return rng.normal(0.0, std, size=values.shape).astype(values.dtype)
 
 
 def attr(node: gs.Node, name: str, default: Any = None) -> Any:

@@ -14,7 +14,8 @@ from math import prod
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from morphcli.ops.base import FlopTerm, OpRule, Shape, attr, input_at, ints
+from morphcli.errors import MorphError
+from morphcli.ops.base import FlopTerm, OpRule, Shape, attr, he_normal, input_at, ints
 
 
 def _kernel_size(node: gs.Node) -> int:
@@ -73,6 +74,25 @@ def _pointwise(kernel: Sequence[int], node: gs.Node) -> bool:
     return all(int(k) == 1 for k in kernel) and not any(ints(attr(node, "pads", [])))
 
 
+def check_weight_fits(node: gs.Node, in_channels: int, transposed: bool = False) -> None:
+    """Refuse a conv whose weight and ``group`` do not fit its input channels (onnx's checker
+    and shape inference let these through; onnxruntime fails only when it runs them):
+    Conv needs Cin = W[1] * group and group | W[0]; ConvTranspose Cin = W[0], group | Cin."""
+    shape = [int(d) for d in node.inputs[1].shape]
+    group = int(attr(node, "group", 1))
+    if transposed:
+        fits = group >= 1 and in_channels == shape[0] and shape[0] % group == 0
+    else:
+        fits = group >= 1 and in_channels == shape[1] * group and shape[0] % group == 0
+    if not fits:
+        raise MorphError(
+            f"weight {'x'.join(map(str, shape))} with group {group} does not fit "
+            f"{in_channels} input channels",
+            node=node.name,
+            op=node.op,
+        )
+
+
 def _add_bias(node: gs.Node, delta: np.ndarray, ctx) -> None:
     """bias += delta, creating the bias input when the conv has none."""
     weight = node.inputs[1]
@@ -93,6 +113,7 @@ class ConvRule(OpRule):
             ctx.pin(out, "weights are computed, not constant")
             return
         out_channels, in_channels = int(weight.shape[0]), len(in_slots)
+        check_weight_fits(node, in_channels)
         group = int(attr(node, "group", 1))
         if group == 1:
             ctx.produce(out, out_channels)
@@ -116,6 +137,12 @@ class ConvRule(OpRule):
         if is_depthwise(node, in_channels, out_channels):
             return [FlopTerm(coef, ((out, 1),), tied_input=(x, 1))]
         return [FlopTerm(coef / group, ((x, 1), (out, 1)))]
+
+    def fresh_input(self, node: gs.Node, index: int, values: np.ndarray, rng) -> np.ndarray | None:
+        """Weight [O, I/group, k...]: He normal over its I/group * k inputs; bias: 0."""
+        if index == 1:
+            return he_normal(values, int(np.prod(values.shape[1:])), rng)
+        return np.zeros_like(values) if index == 2 else None
 
     def rewrite(self, node: gs.Node, ctx) -> None:
         """A depthwise conv's ``group`` is its new input channel count."""
@@ -176,6 +203,7 @@ class ConvTransposeRule(OpRule):
             ctx.pin(x, "weights are computed, not constant")
             ctx.pin(out, "weights are computed, not constant")
             return
+        check_weight_fits(node, len(ctx.channels(x)), transposed=True)
         ctx.produce(out, int(weight.shape[1]) * group)
         if group == 1:
             ctx.follow(1, 0, x, "in")
@@ -185,6 +213,12 @@ class ConvTransposeRule(OpRule):
             ctx.pin(out, f"grouped transposed conv (group={group})")
         if bias is not None:
             ctx.follow(2, 0, out, "param")
+
+    def fresh_input(self, node: gs.Node, index: int, values: np.ndarray, rng) -> np.ndarray | None:
+        """Weight [I, O/group, k...]: He normal over its I * k inputs; bias: 0."""
+        if index == 1:
+            return he_normal(values, int(values.shape[0] * np.prod(values.shape[2:])), rng)
+        return np.zeros_like(values) if index == 2 else None
 
     def flops(self, node: gs.Node, shape: Callable[[str], Shape]) -> list[FlopTerm]:
         x, out = node.inputs[0].name, node.outputs[0].name

@@ -8,7 +8,7 @@ from math import prod
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from morphcli.ops.base import FlopTerm, OpRule, Shape, attr, input_at
+from morphcli.ops.base import FlopTerm, OpRule, Shape, attr, he_normal, input_at
 
 
 def _follow_bias(node: gs.Node, ctx, index: int, out: gs.Tensor, out_channels: int) -> None:
@@ -38,6 +38,12 @@ class GemmRule(OpRule):
         ctx.follow(1, 1 if trans_b else 0, a, "in")
         ctx.follow(1, 0 if trans_b else 1, out, "filter")
         _follow_bias(node, ctx, 2, out, out_channels)
+
+    def fresh_input(self, node: gs.Node, index: int, values: np.ndarray, rng) -> np.ndarray | None:
+        """B: He normal over its K inputs (axis 1 with transB, else 0); C: 0."""
+        if index == 1 and values.ndim == 2:
+            return he_normal(values, values.shape[1 if attr(node, "transB", 0) else 0], rng)
+        return np.zeros_like(values) if index == 2 else None
 
     def flops(self, node: gs.Node, shape: Callable[[str], Shape]) -> list[FlopTerm]:
         a, out = node.inputs[0].name, node.outputs[0].name
@@ -107,6 +113,12 @@ class MatMulRule(OpRule):
         ctx.produce(out, int(b_shape[1]), axis=len(ctx.shape(out.name)) - 1)
         ctx.follow(1, 0, a, "in")
         ctx.follow(1, 1, out, "filter")
+
+    def fresh_input(self, node: gs.Node, index: int, values: np.ndarray, rng) -> np.ndarray | None:
+        """A constant B [..., K, N]: He normal over its K inputs."""
+        if index != 1 or values.ndim < 2:
+            return None
+        return he_normal(values, values.shape[-2], rng)
 
     def flops(self, node: gs.Node, shape: Callable[[str], Shape]) -> list[FlopTerm]:
         a, b, out = node.inputs[0].name, node.inputs[1].name, node.outputs[0].name

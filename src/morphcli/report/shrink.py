@@ -80,11 +80,25 @@ def render_shrink(report: dict[str, Any], console: Console) -> None:
     console.print(table)
     for name, entry in report["validation"].items():
         console.print(f"validation, {name}: {_quality(entry)}")
+    baseline = report.get("baseline")
+    if baseline:
+        console.print(
+            f"validation, uniform baseline ({baseline['epochs']} epochs): "
+            f"{_quality(baseline['validation'])}; written: [bold]{baseline['chosen']}[/bold]"
+        )
+    unit = {"flops": "FLOPs", "params": "params"}.get(report["resource"], report["resource"])
+    share = report["reduction"]
+    console.print(
+        f"learning kept {share['learned_fraction']:.0%} of the input's {unit}, the multiplier "
+        f"x{share['multiplier']:.3f} brought it to {share['final_fraction']:.0%}: "
+        f"{share['by_learning']:.0%} of the reduction was learned"
+    )
+    for warning in report["warnings"]:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
     if report.get("latency"):
         render_latency_result(report["latency"], console)
         console.print(f"written to {report['output']}")
         return
-    unit = "FLOPs" if report["resource"] == "flops" else "params"
     verdict = "[green]met[/green]" if report["met"] else "[red]not met[/red]"
     console.print(
         f"[bold]{human(report['reached'])} {unit}[/bold] = {report['fraction_of_target']:.1%} "

@@ -100,8 +100,10 @@ def store(folder: str | os.PathLike, key: dict[str, Any], latency: LatencyModel)
     """Write the entry atomically; returns its path.
 
     Raises:
-        OSError: the folder cannot be created or written.
+        OSError: the folder cannot be created.
+        MorphError: the entry cannot be written.
     """
+    Path(folder).mkdir(parents=True, exist_ok=True)
     path = entry_path(folder, key)
     text = json.dumps({"key": key, "model": latency.to_dict()}, indent=1) + "\n"
     write_atomic(path, lambda stream: stream.write(text.encode()))

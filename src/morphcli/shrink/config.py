@@ -27,14 +27,23 @@ class ShrinkConfig:
     mode: str = "auto"
     loss: str = "auto"
     temperature: float = 1.0
+    distill_weight: float | None = None
     device: str = "cpu"
     work_dir: str = ""
+    report: str | None = None
     resume: bool = False
     input_shapes: dict[str, list[int]] | None = None
     image_size: tuple[int, int] | None = None
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
     latency: LatencySetup = field(default_factory=LatencySetup)
+    export_structure: str | None = None
+    baseline: str | None = None
+    precision: str = "fp32"
+    workers: int | None = None
+    sync_bn: bool = False
+    compile: bool = False
+    augment: str = "none"
 
     def fingerprint(self) -> dict:
         found = {
@@ -42,6 +51,7 @@ class ShrinkConfig:
             "target": f"{self.resource} {self.target}",
             "data": self.data,
             "rounds": self.rounds,
+            "baseline": self.baseline,
         }
         if self.resource == "latency":
             found["runtime"] = str(self.latency.runtime)

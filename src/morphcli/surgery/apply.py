@@ -22,6 +22,7 @@ from morphcli.errors import EXIT_INTERNAL, MorphError
 from morphcli.graph.channels import FILTER, IN, ChannelGraph
 from morphcli.graph.model import Model
 from morphcli.graph.runtime import dummy_inputs, run_model
+from morphcli.graph.validate import check_finite_result
 from morphcli.ops import rule_for
 from morphcli.ops.base import Shape
 from morphcli.surgery.index_maps import IndexMap, index_maps
@@ -191,15 +192,20 @@ def _rewrite_constants(
 
 
 def _internal(model: Model, what: str, error: Exception) -> MorphError:
+    """Our bug, unless onnxruntime cannot run the input model either: then the input is
+    broken, and ``model.probe`` raises that (exit code 2)."""
+    model.probe()
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return MorphError(f"surgery failed: {what}: {first}", file=model.path, exit_code=EXIT_INTERNAL)
 
 
 def check_result(proto: onnx.ModelProto, model: Model) -> None:
-    """Full ``onnx.checker`` check and one onnxruntime run; outputs keep their shapes.
+    """Full ``onnx.checker`` check and one onnxruntime run; outputs keep their shapes, and
+    weights and outputs stay finite (``validate.check_result``).
 
     Raises:
-        MorphError: exit code 3 (internal error), naming the check that failed.
+        MorphError: exit code 3 (internal error), naming the check that failed; exit code 1
+            for non-finite weights or outputs.
     """
     try:
         onnx.checker.check_model(proto, full_check=True)
@@ -215,6 +221,10 @@ def check_result(proto: onnx.ModelProto, model: Model) -> None:
             raise _internal(
                 model, "output shape changed", ValueError(f"{name}: {np.shape(value)} != {want}")
             )
+    floats = [v for v in outputs.values() if np.issubdtype(np.asarray(v).dtype, np.floating)]
+    finite = all(np.isfinite(v).all() for v in floats)
+    reference = model.reference if finite else model.probe()
+    check_finite_result(proto, outputs, model.non_finite, reference, model.path)
 
 
 def apply_copies(

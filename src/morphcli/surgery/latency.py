@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from morphcli.errors import MorphError
 from morphcli.graph.channels import ChannelGraph
 from morphcli.graph.model import Model
 from morphcli.graph.runtime import Runtime
@@ -242,7 +243,7 @@ def latency_model(
     if folder is not None:
         try:
             path = store(folder, key, latency)
-        except OSError as error:
+        except (OSError, MorphError) as error:
             setup.say(f"latency cache not written ({folder}): {error}")
         else:
             setup.say(f"latency model cached: {path}")

@@ -8,15 +8,16 @@ target is found by bisection over the cost model, so the result lands just under
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import onnx
 
 from morphcli.errors import EXIT_BUDGET, MorphError
 from morphcli.graph.builder import build_channel_graph
 from morphcli.graph.channels import ChannelGraph
-from morphcli.graph.model import load_model
-from morphcli.outputs import check_output_path
+from morphcli.graph.model import Model, load_model
 from morphcli.resources.cost import build_cost_model
 from morphcli.resources.resource import Resource, resource_kind
 from morphcli.resources.targets import parse_latency_target, parse_target
@@ -25,7 +26,7 @@ from morphcli.surgery.importance import class_importance
 from morphcli.surgery.latency import LatencySetup
 from morphcli.surgery.latency_target import write_to_latency
 from morphcli.surgery.widths import copies_for_widths, ratio_widths
-from morphcli.surgery.write import write_result
+from morphcli.surgery.write import check_output, write_result
 
 # A target is met when the result costs between this fraction of it and all of it.
 LANDING = 0.98
@@ -163,6 +164,7 @@ def run_prune(
     ratio: float | None = None,
     round_to: int = 1,
     latency: LatencySetup | None = None,
+    finish: Callable[[Model], onnx.ModelProto] | None = None,
 ) -> dict[str, Any]:
     """``morphnet prune``: remove dead channels (default), a ratio, or down to a target.
 
@@ -177,6 +179,8 @@ def run_prune(
         ratio: Keep this fraction of every removable group. Defaults to None.
         round_to: Every changed width a multiple of this. Defaults to 1.
         latency: How a latency target is measured. Defaults to ``LatencySetup()``.
+        finish: What turns the resized model into the one written (``--calibrate``: BN
+            statistics re-estimated). Defaults to None.
 
     Returns:
         The report document (see ``report_widths.width_report``).
@@ -184,7 +188,6 @@ def run_prune(
     Raises:
         MorphError: bad input (exit 2) or an unreachable target (exit 1).
     """
-    check_output_path(model_path, output_path)
     if target is not None and ratio is not None:
         raise MorphError(
             "give one of --target-flops, --target-params, --target-latency and --ratio"
@@ -197,6 +200,7 @@ def run_prune(
     if target is not None and target[0] == "latency":
         latency_target = parse_latency_target(target[1])
     model = load_model(model_path, input_shapes)
+    check_output(model, output_path)
     cg = build_channel_graph(model)
     cm = build_cost_model(model, cg)
     importance = class_importance(model, cg) if target or ratio else []
@@ -207,7 +211,7 @@ def run_prune(
 
         return write_to_latency(
             "prune", model, cg, cm, latency_target, latency or LatencySetup(), choose,
-            output_path, mode="target",
+            output_path, finish=finish, mode="target",
         )  # fmt: skip
     if target is not None:
         kind, text = target
@@ -215,10 +219,14 @@ def run_prune(
         value = parse_target(text, resource.value(cg.widths()), f"--target-{kind}")
         copies = target_copies(resource, cg, importance, value, round_to)
         extra = {"target": {"kind": kind, "value": round(value)}}
-        return write_result("prune", model, cg, cm, copies, output_path, mode="target", **extra)
+        return write_result(
+            "prune", model, cg, cm, copies, output_path, finish=finish, mode="target", **extra
+        )
     if ratio is not None:
         copies = ratio_copies(cg, importance, ratio, round_to)
-        return write_result("prune", model, cg, cm, copies, output_path, mode="ratio", ratio=ratio)
+        return write_result(
+            "prune", model, cg, cm, copies, output_path, finish=finish, mode="ratio", ratio=ratio
+        )
     plan = find_dead(model, cg, threshold, allow_approximate, round_to)
     copies = [np.ones(g.width, dtype=np.int64) for g in cg.groups]
     for counts, removed in zip(copies, plan.removed, strict=True):
@@ -231,6 +239,7 @@ def run_prune(
         copies,
         output_path,
         output_deltas=plan.output_deltas,
+        finish=finish,
         mode="dead",
         threshold=threshold,
         folded=plan.folded,

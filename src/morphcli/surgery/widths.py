@@ -21,6 +21,8 @@ from morphcli.resources.resource import Resource
 MAX_MULTIPLIER = 1000.0
 BISECTION_STEPS = 60
 SCAN_POINTS = 200
+# No layer is this wide; a multiplier that asks for it is refused before any arithmetic.
+MAX_WIDTH = 2**31
 
 
 def copies_for_width(importance: np.ndarray, width: int) -> np.ndarray:
@@ -76,8 +78,13 @@ def ratio_widths(cg: ChannelGraph, ratio: float, round_to: int = 1) -> np.ndarra
 
 def multiplier_widths(cg: ChannelGraph, multiplier: float, round_to: int = 1) -> np.ndarray:
     """Every removable group's width times ``multiplier``, rounded; pinned groups unchanged."""
-    if not multiplier > 0:
-        raise MorphError(f"bad --multiplier {multiplier}: must be positive")
+    if not 0 < multiplier < np.inf:
+        raise MorphError(f"bad --multiplier {multiplier}: must be a positive number")
+    widest = max((g.width for g in cg.groups if g.prunable), default=0)
+    if multiplier * widest >= MAX_WIDTH:
+        raise MorphError(
+            f"--multiplier {multiplier:g} would make layers of {multiplier * widest:.3g} channels"
+        )
     return np.array(
         [
             rounded_width(multiplier * g.width, g.width, round_to) if g.prunable else g.width
