@@ -172,7 +172,7 @@ def latency_setup(provider: str, ort_threads: int, batch: int, cache: str | None
     from morphcli.surgery.latency import LatencySetup
 
     runtime = Runtime(resolve_provider(provider), ort_threads, batch)
-    note = lambda text: stderr.print(text, highlight=False, soft_wrap=True)  # noqa: E731
+    note = lambda text: stderr.print(Text(one_line(text)), soft_wrap=True)  # noqa: E731
     return LatencySetup(runtime, cache, StepBar(stderr, "latency model"), note)
 
 
@@ -180,11 +180,11 @@ def exit_if_latency_missed(doc: dict[str, Any]) -> None:
     """Exit 1 (after the report is out) when a latency target was measured outside its band."""
     section = doc.get("latency")
     if section and "met" in section and not section["met"]:
-        stderr.print(
-            f"[red]latency target not met:[/red] measured {section['fraction_of_target']:.1%} "
-            f"of {section['target']}, outside {section['band'][0]:.0%}-"
-            f"{section['band'][1]:.0%} (the result was written: {doc.get('output')})",
-            soft_wrap=True,
+        print_error(
+            f"measured {section['fraction_of_target']:.1%} of {section['target']}, outside "
+            f"{section['band'][0]:.0%}-{section['band'][1]:.0%} (the result was written: "
+            f"{doc.get('output')})",
+            "latency target not met",
         )
         sys.exit(EXIT_BUDGET)
 
