@@ -178,7 +178,10 @@ def test_cost_at_full_width_equals_analyzed_flops(name):
 
 
 @pytest.mark.parametrize("mode", ["gamma", "group_lasso"])
-def test_shrink_is_group_soft_thresholding(hand, mode):
+def test_shrink_thresholds_each_group(hand, mode):
+    """BN scales are soft-thresholded (the next BN undoes the survivors' shrinking); filter
+    norms are hard-thresholded: with no normalisation after them, shrinking every surviving
+    filter each step compounds through the depth and the signal vanishes."""
     cg, cm, params, _ = hand
     penalty = MorphNetPenalty.over(cg, cm, params.__getitem__, "flops", mode)
     before = [None if p is None else p.detach().clone() for p in penalty.vectors()]
@@ -193,7 +196,9 @@ def test_shrink_is_group_soft_thresholding(hand, mode):
     for gid, (old, new) in enumerate(zip(before, penalty.vectors(), strict=True)):
         if old is None:
             continue
-        want = (old - step * weights[gid]).clamp_min(0.0)
+        kept = old > step * weights[gid]
+        survivors = old - step * weights[gid] if mode == "gamma" else old
+        want = torch.where(kept, survivors, torch.zeros_like(old))
         np.testing.assert_allclose(new.detach().numpy(), want.numpy(), rtol=1e-9, atol=1e-12)
     for name, value in params.items():
         original = originals[name]
@@ -202,3 +207,19 @@ def test_shrink_is_group_soft_thresholding(hand, mode):
         assert torch.all(value.detach().abs() <= original.abs() + 1e-12), name
     dead = sum(int((p == 0).sum()) for p in penalty.vectors() if p is not None)
     assert dead >= 1
+
+
+@pytest.mark.parametrize("mode", ["gamma", "group_lasso"])
+def test_shrink_never_empties_a_group(hand, mode):
+    """A step that would zero every channel leaves each group its strongest one, unchanged,
+    so the graph stays connected and gradients still reach the first layers."""
+    cg, cm, params, _ = hand
+    penalty = MorphNetPenalty.over(cg, cm, params.__getitem__, "flops", mode)
+    before = [None if p is None else p.detach().clone() for p in penalty.vectors()]
+    penalty.shrink(1e12)
+    for old, new in zip(before, penalty.vectors(), strict=True):
+        if old is None:
+            continue
+        strongest = int(torch.argmax(old))
+        assert int((new > 0).sum()) == 1
+        assert float(new[strongest]) == pytest.approx(float(old[strongest]), rel=1e-12)
