@@ -178,10 +178,7 @@ def test_cost_at_full_width_equals_analyzed_flops(name):
 
 
 @pytest.mark.parametrize("mode", ["gamma", "group_lasso"])
-def test_shrink_thresholds_each_group(hand, mode):
-    """BN scales are soft-thresholded (the next BN undoes the survivors' shrinking); filter
-    norms are hard-thresholded: with no normalisation after them, shrinking every surviving
-    filter each step compounds through the depth and the signal vanishes."""
+def test_shrink_is_group_soft_thresholding(hand, mode):
     cg, cm, params, _ = hand
     penalty = MorphNetPenalty.over(cg, cm, params.__getitem__, "flops", mode)
     before = [None if p is None else p.detach().clone() for p in penalty.vectors()]
@@ -196,9 +193,7 @@ def test_shrink_thresholds_each_group(hand, mode):
     for gid, (old, new) in enumerate(zip(before, penalty.vectors(), strict=True)):
         if old is None:
             continue
-        kept = old > step * weights[gid]
-        survivors = old - step * weights[gid] if mode == "gamma" else old
-        want = torch.where(kept, survivors, torch.zeros_like(old))
+        want = (old - step * weights[gid]).clamp_min(0.0)
         np.testing.assert_allclose(new.detach().numpy(), want.numpy(), rtol=1e-9, atol=1e-12)
     for name, value in params.items():
         original = originals[name]

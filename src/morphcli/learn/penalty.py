@@ -38,11 +38,9 @@ width as alive count and contribute ``p = 0``.
 ``shrink(step)`` is the proximal step of ``step * penalty`` (group soft-thresholding): the
 training loop of ``morphnet shrink`` takes it after each optimizer step instead of adding the
 penalty to the loss, so a channel whose ``p`` falls under ``step * W_g`` becomes exactly zero
-and stays there, however strong lambda is. Two departures keep the network trainable: filter
-norms are hard-thresholded (survivors unchanged: no BN follows them to undo a shrink, so
-shrinking every filter each step compounds through the depth until the output is a constant
-and the loss freezes, as it did on a BN-folded MobileNetV3 detector), and a group never loses
-its strongest channel (an empty group cuts the graph).
+and stays there, however strong lambda is. A group never loses its strongest channel: an
+empty group cuts the graph, and no gradient reaches anything before it (the first step
+emptied four groups of the BN-folded PAN/MobileNetV3 detector).
 """
 
 from __future__ import annotations
@@ -308,11 +306,10 @@ class MorphNetPenalty:
     def shrink(self, step: float, optimizer: torch.optim.Optimizer | None = None) -> None:
         """The proximal step of ``step * penalty``, in place: every channel's entries (over all
         its members) are scaled by ``max(0, 1 - step * W_g / p)``, so a channel with
-        ``p <= step * W_g`` becomes exactly zero (group soft-thresholding). Where a member is
-        a filter norm the survivors keep their values (hard thresholding), and a group that
-        would lose every channel keeps its strongest one unchanged, as surgery does (see the
-        module docstring). The momentum of ``optimizer`` is cleared where a channel became
-        zero, so that momentum gathered before does not carry it back out on its own."""
+        ``p <= step * W_g`` becomes exactly zero (group soft-thresholding); a group that would
+        lose every channel keeps its strongest one unchanged, as surgery does. The momentum
+        of ``optimizer`` is cleared where a channel became zero, so that momentum gathered
+        before does not carry it back out on its own."""
         with torch.no_grad():
             members = self._members()
             alive = np.array([m.sum() for m in self._masks(members)], dtype=np.int64)
@@ -323,8 +320,6 @@ class MorphNetPenalty:
                 p = _combined(vectors)
                 threshold = step * float(weights[gid])
                 factor = (1.0 - threshold / p.clamp_min(1e-30)).clamp_min(0.0)
-                if any(source.kind != "gamma" for source in sources):
-                    factor = (factor > 0).to(factor.dtype)
                 if not bool((factor > 0).any()):
                     factor[int(torch.argmax(p))] = 1.0
                 for source in sources:
