@@ -1,20 +1,20 @@
 """Quality benchmark: MorphNet ``shrink`` against the simple alternatives at equal FLOPs.
 
 From each trained seed model (``sample_models/*_fashion_trained.onnx``: the narrow ResNet and
-three over-parameterized nets), at each FLOPs target (a percent of the seed's FLOPs), every
-method of ``quality_methods`` produces a fine-tuned model with the same training data, the
-same SGD settings and the same total training epochs (MorphNet: learning + fine-tuning;
-the others: as many epochs of fine-tuning, Torch-Pruning: as many of sparse training and
-fine-tuning). Seeds are paired: seed s fixes the data order of every method. MorphNet and
+the over-parameterized nets trained so far), at each FLOPs target (a percent of the seed's
+FLOPs), every method of ``quality_methods`` produces a fine-tuned model with the same training
+data, the same SGD settings and the same total training epochs (MorphNet: learning + fine-
+tuning; the others: as many epochs of fine-tuning, Torch-Pruning: as many of sparse training
+and fine-tuning). Seeds are paired: seed s fixes the data order of every method. MorphNet and
 uniform run ``--paired-seeds`` seeds, the others ``--other-seeds``. Each run's model is scored
 once, at the end, on the full 10k test split; FLOPs are counted on the written ONNX file by
 morphcli's cost model. The table gives mean and standard deviation over seeds and the paired
 difference to MorphNet with its 95% t interval; every run is saved to
 ``bench/results/quality.json`` as it finishes, and a later invocation with the same training
-settings keeps those runs and runs the rest (``--fresh`` reruns everything). Every method
-fine-tunes with the same loss: cross entropy mixed with distillation from the seed
-(``--distill-weight``, 0.5). The from-scratch structure test (``scratch-learned`` against
-``scratch-uniform``, labels only, no teacher) runs at ``--scratch-targets``.
+settings keeps those runs and runs the rest (``--fresh`` reruns everything). Every method fine-
+tunes with the same loss: cross entropy mixed with distillation from the seed (``--distill-
+weight``, 0.5). The from-scratch structure test (``scratch-learned`` against ``scratch-
+uniform``, labels only, no teacher) runs at ``--scratch-targets``.
 
     python bench/bench_quality.py            # the full benchmark (about 90 minutes, 2 cores)
     python bench/bench_quality.py --quick --out /tmp/quick.json   # under 10 minutes
@@ -45,6 +45,8 @@ from quality_methods import METHODS, SCRATCH, Setting, accuracy, dataset, flops_
 
 RESULTS = ROOT / "bench" / "results" / "quality.json"
 SEED_MODELS = ("resnet", "vgg", "resnet2x", "mobilenetv2")
+# The seeds trained so far (``sample_models/train_fashion.py --net NAME`` adds the others).
+TRAINED = [m for m in SEED_MODELS if (ROOT / f"sample_models/{m}_fashion_trained.onnx").exists()]
 # Two-sided 95% Student t quantiles by degrees of freedom.
 T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
 
@@ -150,7 +152,7 @@ def _data(work: Path, train_samples: int, val_samples: int) -> tuple[str, str, s
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default=",".join(SEED_MODELS))
+    parser.add_argument("--models", default=",".join(TRAINED), help="default: the trained seeds")
     parser.add_argument("--targets", default="50,25", help="FLOPs targets in percent")
     parser.add_argument("--methods", default=",".join((*METHODS, *SCRATCH)))
     parser.add_argument("--paired-seeds", type=int, default=5, help="morphnet and uniform")
