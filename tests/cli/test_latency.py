@@ -117,3 +117,46 @@ def test_a_latency_target_reports_measured_and_predicted(
     onnx.checker.check_model(onnx.load(out), full_check=True)  # written either way
     smaller = doc["after"]["flops"] < doc["before"]["flops"]
     assert smaller == (command == "prune")
+
+
+def test_a_latency_fallback_replaces_a_choice_measured_over_the_band(tmp_path, latency_cache):
+    """When the first chooser's result, measured, stays over the band (here it removes
+    nothing, so it measures about twice a 50% target), the fallback's choice is written
+    instead; the first one is measured, never written."""
+    import numpy as np
+
+    from morphcli.graph.builder import build_channel_graph
+    from morphcli.graph.model import load_model
+    from morphcli.graph.runtime import Runtime
+    from morphcli.resources.cost import build_cost_model
+    from morphcli.resources.targets import parse_latency_target
+    from morphcli.surgery.importance import class_importance
+    from morphcli.surgery.latency import LatencySetup
+    from morphcli.surgery.latency_target import write_to_latency
+    from morphcli.surgery.prune import ratio_copies, target_ratio
+
+    model = load_model(PLAIN)
+    cg = build_channel_graph(model)
+    cm = build_cost_model(model, cg)
+    importance = class_importance(model, cg)
+    chosen: list[str] = []
+
+    def nothing(resource, aim):
+        chosen.append("nothing")
+        return [np.ones(g.width, dtype=np.int64) for g in cg.groups], {}
+
+    def by_ratio(resource, aim):
+        chosen.append("ratio")
+        ratio = target_ratio(resource, cg, aim)
+        return ratio_copies(cg, importance, ratio), {"ratio": ratio}
+
+    out = tmp_path / "o.onnx"
+    setup = LatencySetup(Runtime(threads=1), latency_cache)
+    doc = write_to_latency(
+        "prune", model, cg, cm, parse_latency_target("50%"), setup, nothing, str(out),
+        fallback=by_ratio, mode="target",
+    )  # fmt: skip
+    assert chosen[0] == "nothing" and "ratio" in chosen
+    assert doc["latency"]["corrected"]
+    assert doc["after"]["flops"] < 0.9 * doc["before"]["flops"]  # the ratio's choice
+    assert doc["latency"]["fraction_of_target"] < 1.5

@@ -19,7 +19,7 @@ from morphcli.resources.cost import build_cost_model
 from morphcli.surgery.apply import apply_copies
 from morphcli.surgery.importance import class_importance
 from morphcli.surgery.prune import run_prune
-from tests.conftest import REAL_MODELS, input_shapes_for, sample_model_paths
+from tests.conftest import REAL_MODELS, SAMPLE_MODELS, input_shapes_for, sample_model_paths
 from tests.surgery.test_apply import assert_outputs_close, run
 
 SAMPLES = {p.stem: p for p in sample_model_paths()}
@@ -301,3 +301,22 @@ def test_a_constant_folds_into_a_matmul_as_an_added_bias(tmp_path):
     result = onnx.load(str(tmp_path / "out.onnx"))
     after_matmul = [n for n in result.graph.node if n.input and n.input[0].endswith("_matmul")]
     assert [n.op_type for n in after_matmul] == ["Add"]
+
+
+def test_target_ratio_is_the_largest_ratio_within_the_target():
+    """The latency fallback's search: the largest ratio whose widths fit, checked on FLOPs
+    against the ratio just above it (the bisection's resolution, 1e-4)."""
+    from morphcli.graph.model import load_model
+    from morphcli.resources.cost import build_cost_model
+    from morphcli.resources.resource import count_resource
+    from morphcli.surgery.prune import target_ratio
+    from morphcli.surgery.widths import ratio_widths
+
+    model = load_model(str(SAMPLE_MODELS / "resnet.onnx"))
+    cg = build_channel_graph(model)
+    flops = count_resource(build_cost_model(model, cg), "flops")
+    target = 0.4 * flops.value(cg.widths())
+    ratio = target_ratio(flops, cg, target)
+    assert flops.value(ratio_widths(cg, ratio).astype(float)) <= target
+    assert flops.value(ratio_widths(cg, min(1.0, ratio + 1.01e-4)).astype(float)) > target
+    assert 0.3 < ratio < 0.9

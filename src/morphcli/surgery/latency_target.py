@@ -87,6 +87,7 @@ class Candidate:
     proto: onnx.ModelProto
     predicted: float
     choice: Any = None
+    measured: float | None = None  # its measured fraction of the target, once measured
 
 
 def search_measured(
@@ -115,6 +116,7 @@ def search_measured(
                 raise
             break
         fraction = compare(reference, found.proto, model, setup).fraction(target)
+        found.measured = fraction
         tries.append((aim, fraction, found))
         if BAND[0] <= fraction <= BAND[1]:
             break
@@ -178,24 +180,36 @@ def write_to_latency(
     choose: Choose,
     output_path: str,
     init: Init | None = None,
+    fallback: Choose | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
     """``prune`` / ``expand`` to a latency target: choose copy counts on the latency model
-    (corrected once by measurement), write the result, measure the written file against the
-    input, and return the width report with its ``latency`` section."""
+    (corrected by measurement), write the result, measure the written file against the
+    input, and return the width report with its ``latency`` section. Where the measured
+    result stays over the band, ``fallback`` chooses too and the try nearer AIM is kept."""
     latency = latency_model(model, cg, cm, setup)
     resource = latency.bind(model, cg, cm)
     predicted_input = resource.value(cg.widths().astype(np.float64))
 
-    def search(aim: float) -> Candidate:
-        copies, keys = choose(resource, aim)
-        widths = np.array([int(np.sum(c)) for c in copies], dtype=np.float64)
-        proto = apply_copies(model, cg, copies, init=init)
-        return Candidate(proto, resource.value(widths), (copies, keys))
+    def searcher(chooser: Choose) -> Callable[[float], Candidate]:
+        def search(aim: float) -> Candidate:
+            copies, keys = chooser(resource, aim)
+            widths = np.array([int(np.sum(c)) for c in copies], dtype=np.float64)
+            proto = apply_copies(model, cg, copies, init=init)
+            return Candidate(proto, resource.value(widths), (copies, keys))
+
+        return search
 
     reference = model.to_proto()
     aim = AIM * target.of(predicted_input)
-    found, corrected = search_measured(search, reference, target, aim, model, setup)
+    found, corrected = search_measured(searcher(choose), reference, target, aim, model, setup)
+    if fallback is not None and found.measured is not None and found.measured > BAND[1]:
+        try:
+            other, _ = search_measured(searcher(fallback), reference, target, aim, model, setup)
+        except MorphError:
+            other = None
+        if other is not None and abs(other.measured - AIM) < abs(found.measured - AIM):
+            found, corrected = other, True
     copies, keys = found.choice
     doc = write_result(command, model, cg, cm, copies, output_path, init=init, **extra, **keys)
     written = read_proto(output_path)

@@ -153,6 +153,35 @@ def ratio_copies(
     return copies_for_widths(cg, importance, ratio_widths(cg, ratio, round_to))
 
 
+# A ratio that leaves every removable group at its narrowest width.
+NARROWEST_RATIO = 1e-9
+
+
+def target_ratio(resource: Resource, cg: ChannelGraph, target: float, round_to: int = 1) -> float:
+    """The largest ratio (bisected, to 1e-4) whose ``ratio_widths`` cost at most ``target``.
+
+    Raises:
+        MorphError: exit code 1 when even the narrowest widths cost more than the target.
+    """
+
+    def cost(ratio: float) -> float:
+        return resource.value(ratio_widths(cg, ratio, round_to).astype(np.float64))
+
+    low, high = NARROWEST_RATIO, 1.0
+    if cost(low) > target:
+        raise MorphError(
+            f"the target {resource.name} {target:.4g} is unreachable with one ratio: the "
+            f"smallest reachable is {cost(low):.4g}",
+            exit_code=EXIT_BUDGET,
+        )
+    if cost(high) <= target:
+        return high
+    while high - low > 1e-4:
+        mid = (low + high) / 2
+        low, high = (mid, high) if cost(mid) <= target else (low, mid)
+    return low
+
+
 def run_prune(
     model_path: str,
     output_path: str,
@@ -209,9 +238,16 @@ def run_prune(
         def choose(resource: Resource, aim: float) -> tuple[list[np.ndarray], dict]:
             return target_copies(resource, cg, importance, aim, round_to), {}
 
+        # Importance order can empty a layer's cost long before its latency follows (on
+        # YOLOX-nano 2.5% of the FLOPs still ran at 0.63 of the latency, measured): then one
+        # ratio for every group, which a latency target reaches at far more FLOPs.
+        def by_ratio(resource: Resource, aim: float) -> tuple[list[np.ndarray], dict]:
+            ratio = target_ratio(resource, cg, aim, round_to)
+            return ratio_copies(cg, importance, ratio, round_to), {"ratio": ratio}
+
         return write_to_latency(
             "prune", model, cg, cm, latency_target, latency or LatencySetup(), choose,
-            output_path, finish=finish, mode="target",
+            output_path, fallback=by_ratio, finish=finish, mode="target",
         )  # fmt: skip
     if target is not None:
         kind, text = target
