@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 
@@ -15,6 +14,7 @@ from morphcli.learn.checkpoint import CHECKPOINT_NAME
 from morphcli.outputs import TEMP_PREFIX
 from tests.conftest import ROOT
 from tests.hostile.models import tiny_data, tiny_model
+from tests.shrink.checkpoints import when_rewritten
 
 
 def test_sigterm_keeps_the_checkpoint_and_leaves_no_temporary(tmp_path):
@@ -28,15 +28,7 @@ def test_sigterm_keeps_the_checkpoint_and_leaves_no_temporary(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
     checkpoint = tmp_path / "out.onnx.work" / CHECKPOINT_NAME
-    first, deadline = None, time.monotonic() + 300
-    while proc.poll() is None and time.monotonic() < deadline:
-        if checkpoint.exists():  # the first is written before training, the next after epoch 1
-            stamp = checkpoint.stat().st_ino
-            first = first or stamp
-            if stamp != first:
-                proc.send_signal(signal.SIGTERM)
-                break
-        time.sleep(0.02)
+    when_rewritten(proc, checkpoint, lambda: proc.send_signal(signal.SIGTERM), 300)
     stderr = proc.communicate(timeout=300)[1]
     assert proc.returncode == 130, stderr
     assert stderr.strip().splitlines()[-1].startswith("interrupted: the last checkpoint is in")

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import onnx
@@ -21,6 +20,7 @@ from morphcli.graph.runtime import run_model
 from morphcli.learn.checkpoint import CHECKPOINT_NAME
 from morphcli.resources.cost import build_cost_model
 from tests.conftest import ROOT, SAMPLE_MODELS
+from tests.shrink.checkpoints import when_rewritten
 
 TRAINED = str(SAMPLE_MODELS / "resnet_fashion_trained.onnx")
 FAST = ["--batch-size", "32", "--threads", "1", "--finetune-epochs", "1"]
@@ -174,22 +174,9 @@ def test_resume_after_ctrl_c_continues_to_the_same_result(fashion, tmp_path):
     proc = subprocess.Popen(
         _command(out, fashion["labelled"]), env=env, stderr=subprocess.PIPE, text=True
     )
-    # The first checkpoint is written before training, the next after epoch 1: interrupt as
-    # soon as that one is there. Each atomic write is a new file, so its inode changes.
-    deadline = time.monotonic() + 600
-    first = None
-    while proc.poll() is None:
-        assert time.monotonic() < deadline, "no epoch checkpoint within 10 minutes"
-        if checkpoint.exists():
-            stat = checkpoint.stat()
-            stamp = (stat.st_ino, stat.st_mtime_ns)
-            first = first or stamp
-            if stamp != first:
-                proc.send_signal(signal.SIGINT)
-                break
-        time.sleep(0.02)
+    interrupted = when_rewritten(proc, checkpoint, lambda: proc.send_signal(signal.SIGINT), 600)
     stderr = proc.communicate(timeout=600)[1]
-    assert first is not None, f"the run ended before its first checkpoint: {stderr}"
+    assert interrupted, f"the run ended before its first epoch checkpoint: {stderr}"
     assert proc.returncode == 130, stderr
     assert "continue with --resume" in stderr
     assert checkpoint.exists() and not out.exists()

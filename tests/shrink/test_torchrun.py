@@ -18,7 +18,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,7 @@ from onnx import numpy_helper
 from morphcli.cli import main
 from morphcli.learn.checkpoint import CHECKPOINT_NAME
 from tests.conftest import ROOT, SAMPLE_MODELS, run_env, torchrun, torchrun_command
+from tests.shrink.checkpoints import when_rewritten
 
 TRAINED = str(SAMPLE_MODELS / "resnet_fashion_trained.onnx")
 SETTINGS = [
@@ -114,18 +114,11 @@ def test_resume_under_torchrun_after_killing_both_processes(fashion, two_process
         torchrun_command("-m", "morphcli", *_shrink_args(fashion["labelled"], out)),
         env=run_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    # The first checkpoint is written before training, the next after epoch 1 (each atomic
-    # write is a new file, so its inode changes): kill both workers as soon as it is there.
-    deadline, first, killed = time.monotonic() + 240, None, []
+    killed: list[int] = []
     try:
-        while launcher.poll() is None and not killed:
-            assert time.monotonic() < deadline, "no epoch checkpoint within 4 minutes"
-            if checkpoint.exists():
-                stat = checkpoint.stat()
-                first = first or (stat.st_ino, stat.st_mtime_ns)
-                if (stat.st_ino, stat.st_mtime_ns) != first:
-                    killed = _kill_workers(launcher.pid)
-            time.sleep(0.02)
+        when_rewritten(
+            launcher, checkpoint, lambda: killed.extend(_kill_workers(launcher.pid)), 240
+        )
         stderr = launcher.communicate(timeout=120)[1]
     finally:
         if launcher.poll() is None:  # a failed assertion: leave no processes behind
