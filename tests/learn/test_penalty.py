@@ -22,7 +22,9 @@ def _hand_model(rng: np.random.Generator) -> tuple[onnx.ModelProto, dict[str, np
     g1 = np.array([0.9, -0.5, 0.004, 1.3], np.float32)  # channel 2 dead in BN1 ...
     g2 = np.array([0.2, 0.7, 0.006, -0.1], np.float32)  # ... and in BN2: dead in group A
     w4 = rng.standard_normal((5, 4, 1, 1)).astype(np.float32)
-    w4[3] *= 1e-3  # a dead filter in group B (under 1e-2 of the largest norm)
+    w4[3] *= 1e-3  # a dead filter in group B (under 1e-2 of the largest norm) ...
+    b4 = rng.standard_normal(5).astype(np.float32)
+    b4[3] *= 1e-3  # ... with its bias (both count in p)
     weights = {
         "W1": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
         "g1": g1,
@@ -36,7 +38,7 @@ def _hand_model(rng: np.random.Generator) -> tuple[onnx.ModelProto, dict[str, np
         "v2": np.ones(4, np.float32),
         "W3": rng.standard_normal((4, 1, 3, 3)).astype(np.float32),
         "W4": w4,
-        "B4": rng.standard_normal(5).astype(np.float32),
+        "B4": b4,
         "W5": rng.standard_normal((10, 9)).astype(np.float32),
         "b5": rng.standard_normal(10).astype(np.float32),
     }
@@ -92,7 +94,8 @@ def test_flops_penalty_equals_hand_computation(hand):
     # Group A's members are BN1 and BN2 (the residual Add): p is the L2 norm over both;
     # each group's p counts relative to its mean (its scale).
     p_a = np.hypot(w["g1"].astype(np.float64), w["g2"].astype(np.float64))
-    norms_b = np.sqrt((w["W4"].astype(np.float64) ** 2).reshape(5, -1).sum(1))
+    w4, b4 = w["W4"].astype(np.float64), w["B4"].astype(np.float64)
+    norms_b = np.sqrt((w4**2).reshape(5, -1).sum(1) + b4**2)  # conv4's filter and bias
     s_a, s_b = p_a.sum() / p_a.mean(), norms_b.sum() / norms_b.mean()
     a_a, a_b = 3, 4  # one dead channel in each group
     hw = 36
@@ -114,7 +117,8 @@ def test_params_penalty_equals_hand_computation(hand):
     cg, cm, params, w = hand
     penalty = MorphNetPenalty.over(cg, cm, params.__getitem__, "params", "auto")
     p_a = np.hypot(w["g1"].astype(np.float64), w["g2"].astype(np.float64))
-    p_b = np.sqrt((w["W4"].astype(np.float64) ** 2).reshape(5, -1).sum(1))
+    w4, b4 = w["W4"].astype(np.float64), w["B4"].astype(np.float64)
+    p_b = np.sqrt((w4**2).reshape(5, -1).sum(1) + b4**2)
     s_a, s_b = p_a.sum() / p_a.mean(), p_b.sum() / p_b.mean()
     a_a, a_b = 3, 4
     want = (
@@ -135,9 +139,9 @@ def test_group_lasso_mode_reads_filter_norms(hand):
     penalty = MorphNetPenalty.over(cg, cm, params.__getitem__, "flops", "group_lasso")
     f64 = {k: v.astype(np.float64) for k, v in w.items()}
     # Group A's members: conv1, conv2 and the depthwise filters (a channel's p is the L2 norm
-    # over all their entries).
+    # over all their entries); group B's channel counts conv4's filter and bias.
     p_a = np.sqrt(sum((f64[k] ** 2).reshape(4, -1).sum(1) for k in ("W1", "W2", "W3")))
-    p_b = np.sqrt((f64["W4"] ** 2).reshape(5, -1).sum(1))
+    p_b = np.sqrt((f64["W4"] ** 2).reshape(5, -1).sum(1) + f64["B4"] ** 2)
     (got_a, got_b) = (penalty.vectors()[_group_of(cg, t)] for t in ("t1", "e"))
     np.testing.assert_allclose(got_a.detach().numpy(), p_a, rtol=1e-12)
     np.testing.assert_allclose(got_b.detach().numpy(), p_b, rtol=1e-12)
@@ -202,6 +206,23 @@ def test_shrink_is_group_soft_thresholding(hand, mode):
         assert torch.all(value.detach().abs() <= original.abs() + 1e-12), name
     dead = sum(int((p == 0).sum()) for p in penalty.vectors() if p is not None)
     assert dead >= 1
+
+
+def test_group_lasso_shrinks_a_filter_and_its_bias_together(hand):
+    """The proximal step scales a channel's whole pre-activation: its filter and its bias by
+    the same factor, so a killed channel outputs exactly 0, not its bias."""
+    cg, cm, params, weights = hand
+    penalty = MorphNetPenalty.over(cg, cm, params.__getitem__, "flops", "group_lasso")
+    gid = _group_of(cg, "e")
+    p = penalty.vectors()[gid].detach().numpy()
+    step = float(np.median(p)) / penalty.weights(penalty.alive_widths())[gid]
+    penalty.shrink(step)
+    factor = np.maximum(0.0, 1.0 - np.median(p) / p)
+    np.testing.assert_allclose(params["B4"].detach().numpy(), weights["B4"] * factor, atol=1e-12)
+    np.testing.assert_allclose(
+        params["W4"].detach().numpy(), weights["W4"] * factor[:, None, None, None], atol=1e-12
+    )
+    assert (factor == 0).sum() >= 2  # channels killed with their bias
 
 
 @pytest.mark.parametrize("mode", ["gamma", "group_lasso"])

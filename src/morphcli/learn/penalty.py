@@ -24,8 +24,10 @@ A factor's ``sum(p)`` is ``sum(count * sum(p_g))`` over its groups, where a clas
 a tensor (a depthwise multiplier, a flatten into features) counts that many times.
 
 A group's ``p`` comes from its members (sources): ``|gamma|`` of a normalisation scale that
-follows it ("gamma" mode), or the L2 norm of each channel's producing filter slices ("group
-lasso" mode, e.g. for models exported with BN folded into the convs). Where several members
+follows it ("gamma" mode), or the L2 norm of each channel's producing filter slices and its
+bias ("group lasso" mode, e.g. for models exported with BN folded into the convs; the
+proximal step shrinks the bias with the filter, so a channel's pre-activation shrinks as a
+whole and a dead channel outputs the activation of 0). Where several members
 share a group (a residual join) a channel's ``p`` is the L2 norm over all its members'
 entries (the reference implementation's L2 grouping; its max grouping sends the whole
 gradient to the largest member, so a residual channel shrinks one member at a time and
@@ -51,7 +53,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from morphcli.graph.channels import FILTER, SCALE, ChannelGraph, Follow
+from morphcli.graph.channels import FILTER, PARAM, SCALE, ChannelGraph, Follow
 from morphcli.resources.cost import CostModel, build_cost_model
 from morphcli.resources.resource import Resource, ResourceKind, count_resource, resource_kind
 
@@ -67,23 +69,36 @@ class Source:
     ``positions[i]`` are the indices along ``axis`` of ``const`` that carry class ``i`` of the
     group (several when the tensor repeats the class). ``p`` is the L2 norm of all of the
     class's entries (``|gamma|`` for one scale, a filter slice's norm); ``kind`` ("gamma" or
-    "group_lasso") sets the alive threshold.
+    "group_lasso") sets the alive threshold. ``tied`` are (constant, axis) pairs whose entries
+    at the same positions belong to the same channel and count in ``p`` and shrink with it:
+    a filter's bias.
     """
 
     const: str
     axis: int
     positions: np.ndarray
     kind: str
+    tied: tuple[tuple[str, int], ...] = ()
 
-    def vector(self, value: torch.Tensor) -> torch.Tensor:
-        rows = value.movedim(self.axis, 0).reshape(value.shape[self.axis], -1)
+    @property
+    def parts(self) -> tuple[tuple[str, int], ...]:
+        """Every (constant, axis) this source reads and shrinks, its own first."""
+        return ((self.const, self.axis), *self.tied)
+
+    def vector(self, tensor: Callable[[str], torch.Tensor]) -> torch.Tensor:
+        """``p`` per class, reading the constants through ``tensor(name)``."""
+        picked = [self._rows(tensor(const), axis) for const, axis in self.parts]
+        return torch.linalg.vector_norm(torch.cat(picked, dim=1), dim=1)
+
+    def _rows(self, value: torch.Tensor, axis: int) -> torch.Tensor:
+        rows = value.movedim(axis, 0).reshape(value.shape[axis], -1)
         index = torch.as_tensor(self.positions.reshape(-1), device=value.device)
-        picked = rows[index].reshape(len(self.positions), -1)
-        return torch.linalg.vector_norm(picked, dim=1)
+        return rows[index].reshape(len(self.positions), -1)
 
-    def scale(self, value: torch.Tensor, factor: torch.Tensor) -> None:
-        """Multiply, in place, every entry of class ``i`` by ``factor[i]``."""
-        rows = value.detach().movedim(self.axis, 0)
+    def scale(self, value: torch.Tensor, axis: int, factor: torch.Tensor) -> None:
+        """Multiply, in place, every entry of class ``i`` along ``axis`` of ``value`` (one
+        of ``parts``, or a tensor shaped like it) by ``factor[i]``."""
+        rows = value.detach().movedim(axis, 0)
         index = torch.as_tensor(self.positions.reshape(-1), device=value.device)
         per_entry = factor.repeat_interleave(self.positions.shape[1]).to(value.dtype)
         rows[index] = rows[index] * per_entry.view((-1,) + (1,) * (rows.dim() - 1))
@@ -94,7 +109,8 @@ class Source:
         return p > LASSO_RELATIVE_THRESHOLD * p.max(initial=0.0)
 
     def __str__(self) -> str:
-        return f"{self.kind} of {self.const}[axis {self.axis}]"
+        tied = "".join(f" with {const}[axis {axis}]" for const, axis in self.tied)
+        return f"{self.kind} of {self.const}[axis {self.axis}]{tied}"
 
 
 def _positions(cg: ChannelGraph, tensor: str, group: int) -> np.ndarray:
@@ -107,6 +123,18 @@ def _positions(cg: ChannelGraph, tensor: str, group: int) -> np.ndarray:
     ends = np.searchsorted(sorted_classes, wanted, side="right")
     repeats = int(ends[0] - starts[0])
     return np.stack([order[s : s + repeats] for s in starts])
+
+
+def _tied(cg: ChannelGraph, follow: Follow) -> tuple[tuple[str, int], ...]:
+    """The per-channel parameters of a filter's node on the same output (its bias): without
+    them a proximal step scales a channel's filter toward zero but keeps its bias, which
+    shifts every activation that reads it (on the BN-folded PAN/MobileNetV3 the first step
+    turned the output into a constant, with no gradient left to learn from)."""
+    return tuple(
+        (f.const, f.axis)
+        for f in cg.follows
+        if f.role == PARAM and f.node == follow.node and f.tensor == follow.tensor
+    )
 
 
 def _chosen_follows(cg: ChannelGraph, mode: str) -> list[tuple[Follow, str]]:
@@ -142,7 +170,8 @@ def penalty_sources(cg: ChannelGraph, mode: str = "auto") -> list[list[Source]]:
                 continue
             seen.add(key)
             positions = _positions(cg, follow.tensor, group)
-            sources[group].append(Source(follow.const, follow.axis, positions, kind))
+            tied = _tied(cg, follow) if kind == "group_lasso" else ()
+            sources[group].append(Source(follow.const, follow.axis, positions, kind, tied))
     return sources
 
 
@@ -239,7 +268,7 @@ class MorphNetPenalty:
 
     def _members(self) -> list[list[torch.Tensor]]:
         """Every group's member vectors, one per source."""
-        return [[s.vector(self._tensor(s.const)) for s in sources] for sources in self.sources]
+        return [[s.vector(self._tensor) for s in sources] for sources in self.sources]
 
     def _masks(self, members: list[list[torch.Tensor]], agreed: bool = False) -> list[np.ndarray]:
         values = [[v.detach().double().cpu().numpy() for v in vectors] for vectors in members]
@@ -323,12 +352,13 @@ class MorphNetPenalty:
                 if not bool((factor > 0).any()):
                     factor[int(torch.argmax(p))] = 1.0
                 for source in sources:
-                    value = self._tensor(source.const)
-                    source.scale(value, factor)
-                    state = optimizer.state.get(value, {}) if optimizer is not None else {}
-                    for key in ("momentum_buffer", "exp_avg"):
-                        if state.get(key) is not None:
-                            source.scale(state[key], (factor > 0).to(state[key].dtype))
+                    for const, axis in source.parts:
+                        value = self._tensor(const)
+                        source.scale(value, axis, factor)
+                        state = optimizer.state.get(value, {}) if optimizer is not None else {}
+                        for key in ("momentum_buffer", "exp_avg"):
+                            if state.get(key) is not None:
+                                source.scale(state[key], axis, (factor > 0).to(state[key].dtype))
 
 
 def _split_like(flat: np.ndarray, nested: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
