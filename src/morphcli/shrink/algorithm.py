@@ -65,6 +65,11 @@ BELOW_TARGET = 0.9
 BELOW_START = 0.7
 # A round whose learning kept more than this share of its starting cost removed almost nothing.
 LITTLE_LEARNED = 0.95
+# Learning leaves every group at least this many channels. A tensor of one channel reads in
+# ONNX as a broadcast operand, so at width 1 a group can join another in the shrunk model's
+# channel graph and lose its identity (PAN/MobileNetV3: a decoder group learned down to one
+# channel merged with a one-channel attention branch, and the expansion could not map it).
+LEAST_WIDTH = 2
 # Learning reached its goal when the alive cost came within this factor of it.
 GOAL_TOLERANCE = 1.1
 
@@ -141,11 +146,7 @@ def learn_round(run: Run, state: ShrinkState) -> ShrinkState:
     report["time_s"][f"{name} learn"] = time.perf_counter() - started
     started = time.perf_counter()
 
-    masks = penalty.alive_masks()
-    vectors = penalty.vectors()
-    for mask, p in zip(masks, vectors, strict=True):
-        if not mask.any():  # a group keeps at least its most important channel
-            mask[int(torch.argmax(p))] = True
+    masks = keep_strongest(penalty.alive_masks(), penalty.vectors())
     report["lambda"].append(
         {"round": state.round, "initial": strength.initial, "final": strength.value}
     )
@@ -205,6 +206,22 @@ def learn_round(run: Run, state: ShrinkState) -> ShrinkState:
     )  # fmt: skip
     run.checkpoint(next_state)
     return next_state
+
+
+def keep_strongest(
+    masks: list[np.ndarray], vectors: list[torch.Tensor | None], least: int = LEAST_WIDTH
+) -> list[np.ndarray]:
+    """``masks`` with every group keeping at least ``least`` channels (all it has, when it
+    has fewer): its alive ones, then its dead ones of largest ``p``."""
+    kept = []
+    for mask, p in zip(masks, vectors, strict=True):
+        mask = mask.copy()
+        short = min(least, len(mask)) - int(mask.sum())
+        if short > 0 and p is not None:
+            order = np.argsort(-p.detach().double().cpu().numpy(), kind="stable")
+            mask[order[~mask[order]][:short]] = True
+        kept.append(mask)
+    return kept
 
 
 def _expansion_widths(
