@@ -70,6 +70,8 @@ HELD_OUT = 10
 TARGET_MODELS = (
     "yolox_nano.onnx", "unet_sasekazu.onnx", "pan_mobilenetv3_small.onnx",
     "ppocr_mobile_v2.0_cls.onnx", "ultraface_RFB-320.onnx", "onnx_light_resnet50.onnx",
+    "fastestdet.onnx", "yunet_n_320_320.onnx", "onnx_light_inception_v1.onnx",
+    "onnx_light_squeezenet.onnx",
 )  # fmt: skip
 LATENCY_TARGET = 0.5
 TUNE_STEPS = 5
