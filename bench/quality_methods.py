@@ -218,9 +218,8 @@ def onnxsim_pruning(s: Setting) -> dict:
     from onnxsim.pruning import apply_structured_pruning
 
     out = s.path("onnxsim")
-    folded = Path(s.work) / f"{s.seed_model}_folded.onnx"
-    if not folded.exists():
-        export_onnx(_seed_module(s), folded, fold_bn=True)
+    folded = s.path("onnxsim-folded")  # one per run: parallel runs of a seed must not share it
+    export_onnx(_seed_module(s), folded, fold_bn=True)
     base = onnx.load(str(folded))
     goal = s.target / 100 * flops_of(s.onnx)
     low, high = 0.0, 0.99  # the least sparsity whose result fits the target
