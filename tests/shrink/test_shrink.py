@@ -164,7 +164,19 @@ def _command(out, data, *extra) -> list[str]:
     ]  # fmt: skip
 
 
-def test_resume_after_ctrl_c_continues_to_the_same_result(fashion, tmp_path):
+@pytest.fixture
+def sigint_reaches_children():
+    """Children start with SIGINT at its default. A shell starts a background job with SIGINT
+    ignored, and an ignored signal stays ignored across exec (a handled one reverts to the
+    default): a `make test &` made the interrupted shrink below ignore its Ctrl-C."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_resume_after_ctrl_c_continues_to_the_same_result(
+    fashion, tmp_path, sigint_reaches_children
+):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     straight = tmp_path / "straight.onnx"
     subprocess.run(_command(straight, fashion["labelled"]), env=env, check=True,
