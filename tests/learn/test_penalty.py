@@ -239,3 +239,31 @@ def test_shrink_never_empties_a_group(hand, mode):
         strongest = int(torch.argmax(old))
         assert int((new > 0).sum()) == 1
         assert float(new[strongest]) == pytest.approx(float(old[strongest]), rel=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["gamma", "group_lasso"])
+def test_channels_left_out_are_neither_penalised_nor_shrunk(hand, mode):
+    """With ``least``, a group's strongest ``least`` channels drop out of the penalty's sum
+    and the proximal step leaves them exactly as they were, however strong the step."""
+    cg, cm, params, _ = hand
+    free = MorphNetPenalty.over(cg, cm, params.__getitem__, "flops", mode)
+    a, b = _group_of(cg, "t1"), _group_of(cg, "e")
+    least = np.zeros(len(cg.groups), dtype=np.int64)
+    least[a], least[b] = 2, 3
+    held = MorphNetPenalty.over(cg, cm, params.__getitem__, "flops", mode, least=least)
+    before = [None if p is None else p.detach().clone() for p in free.vectors()]
+    weights = free.weights(free.alive_widths())
+    left_out = sum(
+        weights[gid] * float(torch.topk(before[gid], int(least[gid])).values.sum())
+        for gid in (a, b)
+        if before[gid] is not None  # gamma mode: conv4 has no BN, so group B no source
+    )
+    _close(held().item(), free().item() - left_out, "penalty without the strongest")
+    held.shrink(1e12)
+    for gid, (old, new) in enumerate(zip(before, held.vectors(), strict=True)):
+        if old is None:
+            continue
+        keep = max(int(least[gid]), 1)
+        strongest = torch.topk(old, keep).indices
+        assert int((new > 0).sum()) == keep, gid
+        torch.testing.assert_close(new[strongest], old[strongest], rtol=1e-12, atol=0.0)

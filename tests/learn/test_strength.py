@@ -33,6 +33,23 @@ def test_the_penalty_alone_at_the_calibrated_lambda_reaches_about_the_goal(resne
     assert 0.4 * start <= penalty.cost() <= 0.65 * start, penalty.cost() / start
 
 
+def test_calibration_counts_only_the_channels_the_penalty_acts_on():
+    """With half of every group left out of the penalty, the calibrated lambda still brings
+    the alive cost to the goal, and no group goes under its half."""
+    module = OnnxModule.from_onnx(SAMPLE_MODELS / "resnet_fashion_trained.onnx")
+    widths = MorphNetPenalty(module, "flops", "gamma").alive_widths()
+    least = widths // 2
+    penalty = MorphNetPenalty(module, "flops", "gamma", least=least)
+    start = penalty.cost()
+    lr, steps = 0.01, 60
+    strength = Strength.calibrated(penalty, 0.5 * start, lr, steps)
+    assert strength.plan[-1] <= 0.5 * start
+    for _ in range(steps):
+        penalty.shrink(lr * strength.value)
+    assert 0.4 * start <= penalty.cost() <= 0.65 * start, penalty.cost() / start
+    assert all(penalty.alive_widths() >= least)
+
+
 def test_calibration_scales_with_the_step_and_the_goal(resnet):
     _, penalty = resnet
 

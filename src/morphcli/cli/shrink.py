@@ -94,6 +94,12 @@ if TYPE_CHECKING:
     help="Channel penalty: BN scales, filter norms, or auto (BN where it follows).",
 )
 @click.option(
+    "--width-floor",
+    type=Finite(min=0, max=1),
+    help="Learning keeps every layer at least F x the width one uniform multiplier would "
+    "give it. Default 0.8; 0: free (the paper's MorphNet, down to 2 channels a layer).",
+)
+@click.option(
     "--loss",
     default="auto",
     show_default=True,
@@ -235,7 +241,7 @@ def config_from_flags(model_path: str, output: str, flags: dict[str, Any]) -> Sh
     """The run's configuration from the command's flags (values checked here or by click)."""
     from morphcli.learn.checkpoint import default_work_dir
     from morphcli.learn.train import Schedule
-    from morphcli.shrink.config import ShrinkConfig
+    from morphcli.shrink.config import WIDTH_FLOOR, ShrinkConfig
 
     target = one_target(flags["target_flops"], flags["target_params"], flags["target_latency"])
     if target is None:
@@ -260,6 +266,7 @@ def config_from_flags(model_path: str, output: str, flags: dict[str, Any]) -> Sh
         round_to=flags["round_to"],
         strength=flags["strength"],
         mode=flags["mode"].replace("-", "_"),
+        width_floor=WIDTH_FLOOR if flags["width_floor"] is None else flags["width_floor"],
         loss=flags["loss"],
         temperature=flags["temperature"],
         distill_weight=flags["distill_weight"],

@@ -43,6 +43,11 @@ penalty to the loss, so a channel whose ``p`` falls under ``step * W_g`` becomes
 and stays there, however strong lambda is. A group never loses its strongest channel: an
 empty group cuts the graph, and no gradient reaches anything before it (the first step
 emptied four groups of the BN-folded PAN/MobileNetV3 detector).
+
+A penalty built with ``least`` leaves each group's ``least[g]`` strongest channels out: they
+are neither penalised nor shrunk, so learning cannot cut the group below that width, and the
+channels it will keep carry on as trained instead of being pulled toward zero with the rest
+(``morphnet shrink --width-floor``).
 """
 
 from __future__ import annotations
@@ -203,6 +208,8 @@ class MorphNetPenalty:
             process), which spares a collective per step. Defaults to None.
         scales: Each group's ``s`` (``scales``); a phase resumed from a checkpoint passes the
             ones its penalty started with. Defaults to None (measured now).
+        least: How many of each group's strongest channels the penalty leaves out (see the
+            module docstring). Defaults to None (none).
     """
 
     def __init__(
@@ -212,6 +219,7 @@ class MorphNetPenalty:
         mode: str = "auto",
         agree: Callable[[np.ndarray], np.ndarray] | None = None,
         scales: list[float] | np.ndarray | None = None,
+        least: np.ndarray | None = None,
     ):
         from morphcli.graph.builder import build_channel_graph
 
@@ -219,7 +227,7 @@ class MorphNetPenalty:
         cg = build_channel_graph(model)
         cm = build_cost_model(model, cg)
         bound = resource_kind(resource).bind(model, cg, cm)
-        self._setup(cg, cm, module.tensor, bound, mode, scales)
+        self._setup(cg, cm, module.tensor, bound, mode, scales, least)
         self.agree = agree
 
     @classmethod
@@ -230,13 +238,14 @@ class MorphNetPenalty:
         tensor: Callable[[str], torch.Tensor],
         resource: str | Resource = "flops",
         mode: str = "auto",
+        least: np.ndarray | None = None,
     ) -> MorphNetPenalty:
         """The penalty over an analysed graph, reading constants through ``tensor(name)``;
         ``resource`` is "flops", "params" or a resource bound to ``cg``."""
         penalty = cls.__new__(cls)
         if isinstance(resource, str):
             resource = count_resource(cm, resource)
-        penalty._setup(cg, cm, tensor, resource, mode, None)
+        penalty._setup(cg, cm, tensor, resource, mode, None, least)
         penalty.agree = None
         return penalty
 
@@ -248,6 +257,7 @@ class MorphNetPenalty:
         resource: Resource,
         mode: str,
         scales: np.ndarray | None,
+        least: np.ndarray | None,
     ) -> None:
         self.channel_graph = cg
         self.cost_model = cm
@@ -260,6 +270,17 @@ class MorphNetPenalty:
             with torch.no_grad():
                 scales = [1.0 if p is None else max(float(p.mean()), 1e-12) for p in self.vectors()]
         self.scales = np.asarray(scales, dtype=np.float64)
+        widths = cg.widths()
+        least = np.zeros(len(widths)) if least is None else np.asarray(least)
+        self.least = np.minimum(least, widths).astype(np.int64)
+
+    def _penalised(self, gid: int, p: torch.Tensor) -> torch.Tensor:
+        """1 for the channels of group ``gid`` the penalty acts on, 0 for its ``least``
+        strongest."""
+        mask = torch.ones_like(p)
+        if self.least[gid] > 0:
+            mask[torch.topk(p.detach(), int(self.least[gid])).indices] = 0.0
+        return mask
 
     @property
     def sourced(self) -> np.ndarray:
@@ -326,7 +347,7 @@ class MorphNetPenalty:
         alive = np.array([m.sum() for m in self._masks(members)], dtype=np.int64)
         weights = self.weights(alive)
         terms = [
-            float(weights[gid]) * p.sum()
+            float(weights[gid]) * (p * self._penalised(gid, p)).sum()
             for gid, p in enumerate(_combined(vectors) for vectors in members)
             if p is not None and weights[gid] != 0.0
         ]
@@ -349,6 +370,7 @@ class MorphNetPenalty:
                 p = _combined(vectors)
                 threshold = step * float(weights[gid])
                 factor = (1.0 - threshold / p.clamp_min(1e-30)).clamp_min(0.0)
+                factor = torch.where(self._penalised(gid, p) > 0, factor, 1.0)
                 if not bool((factor > 0).any()):
                     factor[int(torch.argmax(p))] = 1.0
                 for source in sources:

@@ -72,8 +72,9 @@ class Strength:
 
         Without any pull from the task loss, ``steps`` such steps kill every channel whose
         ``p / W_g`` is under ``lr * lambda * steps``; lambda is the smallest that kills
-        enough (lowest ratio first, every group keeping one channel) to bring the alive cost
-        to ``goal``, and the plan is the alive cost along the way.
+        enough (lowest ratio first, every group keeping one channel and the ones the penalty
+        leaves out) to bring the alive cost to ``goal``, and the plan is the alive cost along
+        the way.
         """
         alive = penalty.alive_widths()
         start = penalty.resource.value(alive)
@@ -82,7 +83,8 @@ class Strength:
         for gid, p in enumerate(penalty.vectors()):
             if p is None or weights[gid] <= 0:
                 continue
-            values = np.sort(p.detach().double().cpu().numpy())[: max(int(alive[gid]) - 1, 0)]
+            kept = max(int(penalty.least[gid]), 1)
+            values = np.sort(p.detach().double().cpu().numpy())[: max(int(alive[gid]) - kept, 0)]
             ratios.append(values / weights[gid])
             groups.append(np.full(len(values), gid))
         if not ratios:  # nothing to remove: lambda does not matter

@@ -8,6 +8,10 @@ from morphcli.learn.checkpoint import file_digest
 from morphcli.learn.train import Schedule
 from morphcli.surgery.latency import LatencySetup
 
+# Learning keeps every group at least this share of the width one uniform multiplier would
+# give it at the learning goal (``algorithm.width_floors``).
+WIDTH_FLOOR = 0.8
+
 
 @dataclass
 class ShrinkConfig:
@@ -25,6 +29,7 @@ class ShrinkConfig:
     round_to: int = 1
     strength: str = "auto"
     mode: str = "auto"
+    width_floor: float = WIDTH_FLOOR
     loss: str = "auto"
     temperature: float = 1.0
     distill_weight: float | None = None
