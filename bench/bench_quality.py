@@ -43,6 +43,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from quality_methods import METHODS, SCRATCH, Setting, accuracy, dataset, flops_of  # noqa: E402
 
+from morphcli.shrink.config import WIDTH_FLOOR  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results" / "quality.json"
 SEED_MODELS = ("resnet", "vgg", "resnet2x", "mobilenetv2")
 # The seeds trained so far (``sample_models/train_fashion.py --net NAME`` adds the others).
@@ -167,6 +169,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--distill-weight", type=float, default=0.5, help="every method's")
     parser.add_argument("--tp-reg", type=float, default=1e-4, help="Torch-Pruning's BN L1 reg")
+    parser.add_argument(
+        "--width-floor", type=float, default=WIDTH_FLOOR, help="morphnet's (0: free learning)"
+    )
     parser.add_argument("--workers", type=int, default=2, help="processes of 1 thread each")
     parser.add_argument("--quick", action="store_true", help="2 models, 25%%, 2+1 seeds, 6k")
     parser.add_argument("--out", default=str(RESULTS))
@@ -229,7 +234,7 @@ def _jobs(
                 setting = Setting(
                     name, target, seed, str(work), *data, args.learn_epochs,
                     args.finetune_epochs, args.scratch_epochs, args.batch_size, args.lr,
-                    args.distill_weight, args.tp_reg,
+                    args.distill_weight, args.tp_reg, args.width_floor,
                 )  # fmt: skip
                 jobs.append((setting, tuple(mine), 1))
     return jobs
@@ -250,9 +255,21 @@ def _kept_runs(out: Path, args: argparse.Namespace) -> list[dict]:
     saved = doc.get("settings", {})
     if any(saved.get(k) != getattr(args, k) for k in TRAINING_SETTINGS):
         return []
-    return [
+    runs = [
         r for r in doc.get("runs", []) if r.get("accuracy") is not None or r["method"] == "onnxsim"
     ]
+    # A morphnet run of another width floor (runs saved before the option: free learning) is
+    # run again, and so is the scratch test of the structure it learned.
+    stale = {
+        (r["model"], r["target"], r["seed"])
+        for r in runs
+        if r["method"] == "morphnet" and r.get("width_floor", 0.0) != args.width_floor
+    }
+    return [
+        r for r in runs
+        if r["method"] not in ("morphnet", "scratch-learned")
+        or (r["model"], r["target"], r["seed"]) not in stale
+    ]  # fmt: skip
 
 
 def _save(out, args, base, results, seconds, rows=None) -> None:

@@ -69,6 +69,7 @@ class Setting:
     lr: float
     distill_weight: float | None
     tp_reg: float
+    width_floor: float  # morphnet's --width-floor
 
     @property
     def onnx(self) -> Path:
@@ -127,9 +128,13 @@ def morphnet(s: Setting) -> dict:
         val_data=s.val, learn=Schedule(s.learn_epochs, None, s.batch_size, "sgd", s.lr, s.seed),
         finetune_epochs=s.finetune_epochs, work_dir=f"{out}.work",
         distill_weight=s.distill_weight, export_structure=f"{out}.structure.json",
+        width_floor=s.width_floor,
     )  # fmt: skip
     report = run_shrink(config, quiet())
-    return {"path": out, "reduction": report["reduction"], "warnings": report["warnings"]}
+    return {
+        "path": out, "width_floor": s.width_floor, "reduction": report["reduction"],
+        "warnings": report["warnings"], "validation": report["validation"],
+    }  # fmt: skip
 
 
 def uniform(s: Setting) -> dict:

@@ -138,6 +138,7 @@ FLAG_VALUES = {
     "shrink": [("--lambda", v, 2) for v in ("0", "-1", "abc", "nan", "inf", "1e400")]
     + [("--lr", v, 2) for v in ("nan", "inf", "0", "-1")]
     + [("--temperature", v, 2) for v in ("nan", "inf", "0")]
+    + [("--width-floor", v, 2) for v in ("nan", "-0.1", "1.5", "abc")]
     + [("--mean", v, 2) for v in ("abc", "nan", "1,,2")]
     + [("--std", v, 2) for v in ("1,x", "0", "-1", "inf")]
     + [("--image-size", v, 2) for v in ("1x2x3", "0", "abc", "99999x99999", "-8x8")]
