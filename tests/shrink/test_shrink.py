@@ -20,6 +20,7 @@ from morphcli.graph.runtime import run_model
 from morphcli.learn.checkpoint import CHECKPOINT_NAME
 from morphcli.resources.cost import build_cost_model
 from morphcli.resources.resource import count_resource
+from morphcli.shrink.config import WIDTH_FLOOR
 from morphcli.surgery.widths import multiplier_widths, target_multiplier
 from tests.conftest import ROOT, SAMPLE_MODELS
 from tests.shrink.checkpoints import when_rewritten
@@ -71,17 +72,17 @@ def test_shrink_learns_below_the_target_then_expands_to_it(cli, fashion, tmp_pat
     before, learned = report["steps"][0]["widths"], shrunk["widths"]
     ratios = np.array([learned[k] / before[k] for k in before])
     assert ratios.max() - ratios.min() > 0.2, ratios
-    # --width-floor 0.8 (the default): no group learned below 0.8 x its width at the uniform
-    # multiplier that alone meets the learning goal.
+    # --width-floor (default WIDTH_FLOOR): no group learned below that share of its width at
+    # the uniform multiplier that alone meets the learning goal.
     model = load_model(TRAINED)
     cg = build_channel_graph(model)
     omega = target_multiplier(
         count_resource(build_cost_model(model, cg), "flops"), cg, record["goal"]
     )
-    floors = multiplier_widths(cg, 0.8 * omega)
+    floors = multiplier_widths(cg, WIDTH_FLOOR * omega)
     ids = {g.producers[0]: g.id for g in cg.groups if g.prunable and g.producers}
     assert all(learned[k] >= floors[ids[k]] for k in learned), (learned, floors)
-    assert record["width_floor"] == 0.8
+    assert record["width_floor"] == WIDTH_FLOOR
     assert report["steps"][-1]["widths"] == expanded["widths"]
     logits = run_model(onnx.load(out), {"input": fashion["arrays"]["x_val"][:1]})["output"]
     assert logits.shape == (1, 10) and np.isfinite(logits).all()

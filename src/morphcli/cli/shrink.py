@@ -97,7 +97,7 @@ if TYPE_CHECKING:
     "--width-floor",
     type=Finite(min=0, max=1),
     help="Learning keeps every layer at least F x the width one uniform multiplier would "
-    "give it. Default 0.8; 0: free (the paper's MorphNet, down to 2 channels a layer).",
+    "give it. Default 0.9; 0: free (the paper's MorphNet, down to 2 channels a layer).",
 )
 @click.option(
     "--loss",
