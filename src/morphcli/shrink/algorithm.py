@@ -102,7 +102,7 @@ def width_floors(run: Run, start: Analysed, goal: float) -> np.ndarray:
         return np.zeros(len(start.cg.groups), dtype=np.int64)
     widths = multiplier_widths(start.cg, floor * omega)
     prunable = np.array([g.prunable for g in start.cg.groups], dtype=bool)
-    return np.where(prunable, np.minimum(widths, start.cg.widths()), 0).astype(np.int64)
+    return np.where(prunable, widths, 0).astype(np.int64)
 
 
 def _initial_strength(run: Run, penalty: MorphNetPenalty) -> Strength:
