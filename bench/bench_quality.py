@@ -3,18 +3,20 @@
 From each trained seed model (``sample_models/*_fashion_trained.onnx``: the narrow ResNet and
 the over-parameterized nets trained so far), at each FLOPs target (a percent of the seed's
 FLOPs), every method of ``quality_methods`` produces a fine-tuned model with the same training
-data, the same SGD settings and the same total training epochs (MorphNet: learning + fine-
-tuning; the others: as many epochs of fine-tuning, Torch-Pruning: as many of sparse training
-and fine-tuning). Seeds are paired: seed s fixes the data order of every method. MorphNet and
-uniform run ``--paired-seeds`` seeds, the others ``--other-seeds``. Each run's model is scored
-once, at the end, on the full 10k test split; FLOPs are counted on the written ONNX file by
-morphcli's cost model. The table gives mean and standard deviation over seeds and the paired
-difference to MorphNet with its 95% t interval; every run is saved to
-``bench/results/quality.json`` as it finishes, and a later invocation with the same training
-settings keeps those runs and runs the rest (``--fresh`` reruns everything). Every method fine-
-tunes with the same loss: cross entropy mixed with distillation from the seed (``--distill-
-weight``, 0.5). The from-scratch structure test (``scratch-learned`` against ``scratch-
-uniform``, labels only, no teacher) runs at ``--scratch-targets``.
+data, the same SGD settings and the same total training epochs, ``--learn-epochs`` +
+``--finetune-epochs`` (MorphNet: ``--morphnet-learn-epochs`` of them structure learning, the
+rest fine-tuning; Torch-Pruning: ``--learn-epochs`` of sparse training, the rest fine-tuning;
+the others: all fine-tuning). Seeds are paired: seed s fixes the data order of every method.
+MorphNet and uniform run ``--paired-seeds`` seeds, the others ``--other-seeds``. Each run's
+model is scored once, at the end, on the full 10k test split; FLOPs are counted on the written
+ONNX file by morphcli's cost model. The table gives mean and standard deviation over seeds and
+the paired difference to MorphNet with its 95% t interval. Every run is saved to
+``bench/results/quality.json`` as it finishes; a later invocation keeps the saved runs it would
+repeat (the same data and optimizer settings and the same ``quality_methods.recipe``) and runs
+the rest (``--fresh`` reruns everything). Every method fine-tunes with the same loss: cross
+entropy mixed with distillation from the seed (``--distill-weight``, 0.5). The from-scratch
+structure test (``scratch-learned`` against ``scratch-uniform``, labels only, no teacher) runs
+at ``--scratch-targets``.
 
     python bench/bench_quality.py            # the full benchmark (about 90 minutes, 2 cores)
     python bench/bench_quality.py --quick --out /tmp/quick.json   # under 10 minutes
@@ -41,7 +43,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from quality_methods import METHODS, SCRATCH, Setting, accuracy, dataset, flops_of  # noqa: E402
+from quality_methods import (  # noqa: E402
+    METHODS,
+    SCRATCH,
+    Setting,
+    accuracy,
+    dataset,
+    flops_of,
+    recipe,
+)
 
 from morphcli.shrink.config import WIDTH_FLOOR  # noqa: E402
 
@@ -76,7 +86,8 @@ def run_job(job: tuple[Setting, tuple[str, ...], int]) -> list[dict]:
         path = info.pop("path")
         result = {
             "model": setting.seed_model, "target": setting.target, "seed": setting.seed,
-            "method": method, "seconds": time.perf_counter() - started, **info,
+            "method": method, "recipe": recipe(method, setting),
+            "seconds": time.perf_counter() - started, **info,
             "accuracy": None if path is None else accuracy(path, test),
             "flops": None if path is None else flops_of(path),
         }  # fmt: skip
@@ -161,8 +172,15 @@ def main() -> None:
     parser.add_argument("--other-seeds", type=int, default=3)
     parser.add_argument("--train-samples", type=int, default=12_000)
     parser.add_argument("--val-samples", type=int, default=2_000)
-    parser.add_argument("--learn-epochs", type=int, default=2)
-    parser.add_argument("--finetune-epochs", type=int, default=2)
+    parser.add_argument(
+        "--learn-epochs", type=int, default=2, help="Torch-Pruning's sparse training"
+    )
+    parser.add_argument(
+        "--finetune-epochs", type=int, default=2, help="learn + finetune: every method's total"
+    )
+    parser.add_argument(
+        "--morphnet-learn-epochs", type=int, default=3, help="morphnet's learning, of the total"
+    )
     parser.add_argument("--scratch-epochs", type=int, default=4)
     parser.add_argument("--scratch-targets", default="25", help="targets of the scratch test")
     parser.add_argument("--batch-size", type=int, default=128)
@@ -183,7 +201,10 @@ def main() -> None:
     if args.quick:
         args.models, args.targets, args.paired_seeds, args.other_seeds = "resnet,vgg", "25", 2, 1
         args.train_samples, args.learn_epochs, args.finetune_epochs = 6_000, 1, 1
+        args.morphnet_learn_epochs = 1
         args.scratch_epochs = 2
+    if not 1 <= args.morphnet_learn_epochs < args.learn_epochs + args.finetune_epochs:
+        parser.error("--morphnet-learn-epochs must leave at least one epoch of fine-tuning")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     kept = [] if args.fresh else _kept_runs(out, args)
@@ -235,40 +256,46 @@ def _jobs(
                     name, target, seed, str(work), *data, args.learn_epochs,
                     args.finetune_epochs, args.scratch_epochs, args.batch_size, args.lr,
                     args.distill_weight, args.tp_reg, args.width_floor,
+                    args.morphnet_learn_epochs,
                 )  # fmt: skip
                 jobs.append((setting, tuple(mine), 1))
     return jobs
 
 
-# Settings that change what a run measures: runs saved under other values are not kept.
-TRAINING_SETTINGS = (
-    "train_samples", "val_samples", "learn_epochs", "finetune_epochs", "scratch_epochs",
-    "batch_size", "lr", "distill_weight", "tp_reg",
-)  # fmt: skip
+# Settings every run depends on: runs saved under other values are not kept.
+SHARED_SETTINGS = ("train_samples", "val_samples", "batch_size", "lr", "distill_weight")
 
 
 def _kept_runs(out: Path, args: argparse.Namespace) -> list[dict]:
-    """The runs ``out`` already holds, if they were made with the same training settings."""
+    """The runs ``out`` already holds that this invocation would repeat: the same shared
+    settings, and the same recipe (``quality_methods.recipe``: a uniform run holds for any
+    split of the epochs, a morphnet run for its own split and width floor). A scratch-learned
+    run is kept only with the morphnet run whose structure it trained."""
     if not out.exists():
         return []
     doc = json.loads(out.read_text())
     saved = doc.get("settings", {})
-    if any(saved.get(k) != getattr(args, k) for k in TRAINING_SETTINGS):
+    if any(saved.get(k) != getattr(args, k) for k in SHARED_SETTINGS):
         return []
+
+    def same(run: dict) -> bool:
+        # A run saved before runs recorded their recipe has the file's settings (a morphnet
+        # run saved before --width-floor learned freely, with --learn-epochs).
+        floor = run.get("width_floor", 0.0 if run["method"] == "morphnet" else None)
+        made = argparse.Namespace(
+            **{"morphnet_learn_epochs": saved.get("learn_epochs"), "width_floor": 0.0, **saved}
+        )
+        made.width_floor = made.width_floor if floor is None else floor
+        return run.get("recipe", recipe(run["method"], made)) == recipe(run["method"], args)
+
     runs = [
-        r for r in doc.get("runs", []) if r.get("accuracy") is not None or r["method"] == "onnxsim"
-    ]
-    # A morphnet run of another width floor (runs saved before the option: free learning) is
-    # run again, and so is the scratch test of the structure it learned.
-    stale = {
-        (r["model"], r["target"], r["seed"])
-        for r in runs
-        if r["method"] == "morphnet" and r.get("width_floor", 0.0) != args.width_floor
-    }
+        r for r in doc.get("runs", [])
+        if (r.get("accuracy") is not None or r["method"] == "onnxsim") and same(r)
+    ]  # fmt: skip
+    learned = {(r["model"], r["target"], r["seed"]) for r in runs if r["method"] == "morphnet"}
     return [
         r for r in runs
-        if r["method"] not in ("morphnet", "scratch-learned")
-        or (r["model"], r["target"], r["seed"]) not in stale
+        if r["method"] != "scratch-learned" or (r["model"], r["target"], r["seed"]) in learned
     ]  # fmt: skip
 
 

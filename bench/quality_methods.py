@@ -62,14 +62,19 @@ class Setting:
     train: str  # .npz with x, y
     val: str  # .npz with x, y (held out from the training split)
     test: str  # .npz with x, y: the full test split, scored once at the end
-    learn_epochs: int
-    finetune_epochs: int
+    learn_epochs: int  # Torch-Pruning's sparse training
+    finetune_epochs: int  # the learn_epochs + finetune_epochs are every method's total
     scratch_epochs: int
     batch_size: int
     lr: float
     distill_weight: float | None
     tp_reg: float
     width_floor: float  # morphnet's --width-floor
+    morphnet_learn_epochs: int  # morphnet's share of the total for learning
+
+    @property
+    def epochs(self) -> int:
+        return self.learn_epochs + self.finetune_epochs
 
     @property
     def onnx(self) -> Path:
@@ -125,14 +130,15 @@ def morphnet(s: Setting) -> dict:
     out = s.path("morphnet")
     config = ShrinkConfig(
         model=str(s.onnx), output=str(out), target=f"{s.target}%", data=s.train,
-        val_data=s.val, learn=Schedule(s.learn_epochs, None, s.batch_size, "sgd", s.lr, s.seed),
-        finetune_epochs=s.finetune_epochs, work_dir=f"{out}.work",
+        val_data=s.val, finetune_epochs=s.epochs - s.morphnet_learn_epochs,
+        learn=Schedule(s.morphnet_learn_epochs, None, s.batch_size, "sgd", s.lr, s.seed),
+        work_dir=f"{out}.work",
         distill_weight=s.distill_weight, export_structure=f"{out}.structure.json",
         width_floor=s.width_floor,
     )  # fmt: skip
     report = run_shrink(config, quiet())
     return {
-        "path": out, "width_floor": s.width_floor, "reduction": report["reduction"],
+        "path": out, "reduction": report["reduction"],
         "warnings": report["warnings"], "validation": report["validation"],
     }  # fmt: skip
 
@@ -140,7 +146,7 @@ def morphnet(s: Setting) -> dict:
 def uniform(s: Setting) -> dict:
     out = s.path("uniform")
     run_expand(str(s.onnx), str(out), target=("flops", f"{s.target}%"))
-    _finetune(s, out, s.learn_epochs + s.finetune_epochs)
+    _finetune(s, out, s.epochs)
     return {"path": out}
 
 
@@ -239,7 +245,7 @@ def onnxsim_pruning(s: Setting) -> dict:
     if best is None:
         return {"path": None, "reached_fraction": flops_of(pruned) / flops_of(s.onnx)}
     save_model(best, out)
-    _finetune(s, out, s.learn_epochs + s.finetune_epochs)
+    _finetune(s, out, s.epochs)
     return {"path": out, "sparsity": high}
 
 
@@ -256,6 +262,26 @@ def scratch(s: Setting, which: str) -> dict:
     run_apply(str(s.onnx), str(structure), str(out), init="scratch", seed=s.seed)
     _finetune(s, out, s.scratch_epochs, lr=SCRATCH_LR, objective=Objective())
     return {"path": out}
+
+
+def recipe(method: str, s: Setting) -> dict:
+    """The settings a run of ``method`` depends on beyond the data and the optimizer: the
+    uniform multiplier and onnxsim fine-tune for the total epochs, so a run of theirs holds for
+    any split of them into learning and fine-tuning; scratch-learned trains the structure the
+    morphnet run of its seed learned."""
+    total = s.learn_epochs + s.finetune_epochs
+    if method in ("uniform", "onnxsim"):
+        return {"epochs": total}
+    if method == "torch-pruning":
+        return {"learn_epochs": s.learn_epochs, "finetune_epochs": s.finetune_epochs,
+                "tp_reg": s.tp_reg}  # fmt: skip
+    if method == "morphnet":
+        learn = s.morphnet_learn_epochs
+        return {"learn_epochs": learn, "finetune_epochs": total - learn,
+                "width_floor": s.width_floor}  # fmt: skip
+    if method == "scratch-learned":
+        return {"scratch_epochs": s.scratch_epochs, "structure": recipe("morphnet", s)}
+    return {"scratch_epochs": s.scratch_epochs}
 
 
 def run_method(method: str, s: Setting) -> dict:
