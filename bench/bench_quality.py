@@ -278,15 +278,18 @@ def _kept_runs(out: Path, args: argparse.Namespace) -> list[dict]:
     if any(saved.get(k) != getattr(args, k) for k in SHARED_SETTINGS):
         return []
 
+    # Runs saved before runs recorded their recipe were made with the file's settings, and
+    # MorphNet with --learn-epochs; a morphnet run among them records its --width-floor
+    # (none: it learned freely, before the option).
+    legacy = {"morphnet_learn_epochs": saved.get("learn_epochs"), "width_floor": 0.0, **saved}
+
     def same(run: dict) -> bool:
-        # A run saved before runs recorded their recipe has the file's settings (a morphnet
-        # run saved before --width-floor learned freely, with --learn-epochs).
-        floor = run.get("width_floor", 0.0 if run["method"] == "morphnet" else None)
-        made = argparse.Namespace(
-            **{"morphnet_learn_epochs": saved.get("learn_epochs"), "width_floor": 0.0, **saved}
-        )
-        made.width_floor = made.width_floor if floor is None else floor
-        return run.get("recipe", recipe(run["method"], made)) == recipe(run["method"], args)
+        made = run.get("recipe")
+        if made is None:
+            floor = run.get("width_floor", 0.0) if run["method"] == "morphnet" else None
+            own = {} if floor is None else {"width_floor": floor}
+            made = recipe(run["method"], argparse.Namespace(**{**legacy, **own}))
+        return made == recipe(run["method"], args)
 
     runs = [
         r for r in doc.get("runs", [])
