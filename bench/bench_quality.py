@@ -163,7 +163,8 @@ def _data(work: Path, train_samples: int, val_samples: int) -> tuple[str, str, s
     return tuple(str(p) for p in paths)
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The benchmark's settings from the command line (``--quick`` applied), checked."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(TRAINED), help="default: the trained seeds")
     parser.add_argument("--targets", default="50,25", help="FLOPs targets in percent")
@@ -197,7 +198,7 @@ def main() -> None:
         "--fresh", action="store_true", help="rerun every run (default: keep the runs --out "
         "already holds with the same training settings, and run the rest)"
     )  # fmt: skip
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
         args.models, args.targets, args.paired_seeds, args.other_seeds = "resnet,vgg", "25", 2, 1
         args.train_samples, args.learn_epochs, args.finetune_epochs = 6_000, 1, 1
@@ -205,6 +206,11 @@ def main() -> None:
         args.scratch_epochs = 2
     if not 1 <= args.morphnet_learn_epochs < args.learn_epochs + args.finetune_epochs:
         parser.error("--morphnet-learn-epochs must leave at least one epoch of fine-tuning")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     kept = [] if args.fresh else _kept_runs(out, args)

@@ -1,0 +1,64 @@
+"""Which saved runs the quality benchmark keeps: a kept run is published as if this
+invocation had made it, so a run made under other settings must never be kept, and the
+committed results must be what the default invocation reproduces."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import bench_quality  # noqa: E402
+
+RESULTS = BENCH / "results"
+
+
+def kept(name: str, *flags: str) -> Counter:
+    """The runs of each method that ``bench_quality.py FLAGS --out RESULTS/name`` keeps."""
+    args = bench_quality.parse_args([*flags, "--out", str(RESULTS / name)])
+    return Counter(run["method"] for run in bench_quality._kept_runs(RESULTS / name, args))
+
+
+def saved(name: str) -> Counter:
+    return Counter(run["method"] for run in json.loads((RESULTS / name).read_text())["runs"])
+
+
+def test_the_default_invocation_keeps_every_committed_run():
+    assert kept("quality.json") == saved("quality.json")
+
+
+def test_another_width_floor_reruns_morphnet_and_its_scratch_test_only():
+    runs = kept("quality.json", "--width-floor", "0.8")
+    assert runs["morphnet"] == runs["scratch-learned"] == 0
+    for method in ("uniform", "torch-pruning", "onnxsim", "scratch-uniform"):
+        assert runs[method] == saved("quality.json")[method], method
+
+
+def test_another_split_of_the_same_epochs_keeps_the_methods_it_does_not_change():
+    # Torch-Pruning's 3 + 1 split: still 4 epochs for uniform and onnxsim, and MorphNet's own
+    # split is unchanged; Torch-Pruning's 2 + 2 runs are not this invocation's.
+    runs = kept("quality.json", "--learn-epochs", "3", "--finetune-epochs", "1")
+    assert runs["torch-pruning"] == 0
+    for method in ("uniform", "onnxsim", "morphnet", "scratch-learned", "scratch-uniform"):
+        assert runs[method] == saved("quality.json")[method], method
+    assert kept("quality_tp_learn3_finetune1.json")["torch-pruning"] == 0
+
+
+@pytest.mark.parametrize("flags", [("--train-samples", "6000"), ("--distill-weight", "0")])
+def test_other_data_or_loss_keeps_nothing(flags):
+    assert not kept("quality.json", *flags)
+
+
+def test_runs_saved_before_recipes_are_matched_through_the_file_settings():
+    # quality_learn2_finetune2.json: no run records a recipe; MorphNet learned 2 of 4 epochs.
+    assert kept("quality_learn2_finetune2.json", "--morphnet-learn-epochs", "2") == saved(
+        "quality_learn2_finetune2.json"
+    )
+    runs = kept("quality_learn2_finetune2.json")  # MorphNet's 3 + 1 now
+    assert runs["morphnet"] == runs["scratch-learned"] == 0 and runs["uniform"] == 40
