@@ -15,6 +15,7 @@ fine-tuned ONNX file at a FLOPs target, with the same data, optimizer and traini
 
 from __future__ import annotations
 
+import argparse
 import copy
 import io
 import json
@@ -264,10 +265,11 @@ def scratch(s: Setting, which: str) -> dict:
     return {"path": out}
 
 
-def recipe(method: str, s: Setting) -> dict:
-    """The settings a run of ``method`` depends on beyond the data and the optimizer: the
-    uniform multiplier and onnxsim fine-tune for the total epochs, so a run of theirs holds for
-    any split of them into learning and fine-tuning; scratch-learned trains the structure the
+def recipe(method: str, s: Setting | argparse.Namespace) -> dict:
+    """The settings a run of ``method`` depends on beyond the data and the optimizer, read
+    from a run's ``Setting`` or from the benchmark's arguments (the same names): the uniform
+    multiplier and onnxsim fine-tune for the total epochs, so a run of theirs holds for any
+    split of them into learning and fine-tuning; scratch-learned trains the structure the
     morphnet run of its seed learned."""
     total = s.learn_epochs + s.finetune_epochs
     if method in ("uniform", "onnxsim"):
