@@ -228,8 +228,14 @@ def main() -> None:
         base[name] = {"flops": flops_of(seed_path), "accuracy": accuracy(seed_path, test_set)}
     results: list[dict] = list(kept)
     context = multiprocessing.get_context("spawn")
+    # Longest first (a job's time grows with its seed's FLOPs and its number of methods), so
+    # that the last jobs to finish are short ones and no worker idles long at the end.
+    jobs = sorted(
+        _jobs(args, kept, work, data),
+        key=lambda job: -base[job[0].seed_model]["flops"] * len(job[1]),
+    )
     with context.Pool(args.workers) as pool:
-        for batch in pool.imap_unordered(run_job, _jobs(args, kept, work, data)):
+        for batch in pool.imap_unordered(run_job, jobs):
             results += batch
             _save(out, args, base, results, time.perf_counter() - started)
     rows = summarise(results, base)
