@@ -171,7 +171,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--methods", default=",".join((*METHODS, *SCRATCH)))
     parser.add_argument("--paired-seeds", type=int, default=5, help="morphnet and uniform")
     parser.add_argument("--other-seeds", type=int, default=3)
-    parser.add_argument("--train-samples", type=int, default=12_000)
+    parser.add_argument("--train-samples", type=int, default=10_000)
     parser.add_argument("--val-samples", type=int, default=2_000)
     parser.add_argument(
         "--learn-epochs", type=int, default=2, help="Torch-Pruning's sparse training"

@@ -17,6 +17,8 @@ sys.path.insert(0, str(BENCH))
 import bench_quality  # noqa: E402
 
 RESULTS = BENCH / "results"
+# The runs before the 10k default, and the recipe comparisons, used 12k training images.
+TRAIN_12K = ("--train-samples", "12000")
 
 
 def kept(name: str, *flags: str) -> Counter:
@@ -47,7 +49,12 @@ def test_another_split_of_the_same_epochs_keeps_the_methods_it_does_not_change()
     assert runs["torch-pruning"] == 0
     for method in ("uniform", "onnxsim", "morphnet", "scratch-learned", "scratch-uniform"):
         assert runs[method] == saved("quality.json")[method], method
-    assert kept("quality_tp_learn3_finetune1.json")["torch-pruning"] == 0
+    assert kept("quality_tp_learn3_finetune1.json", *TRAIN_12K)["torch-pruning"] == 0
+
+
+def test_the_12k_run_is_kept_by_its_own_invocation_only():
+    assert kept("quality_train12k.json", *TRAIN_12K) == saved("quality_train12k.json")
+    assert not kept("quality_train12k.json")
 
 
 @pytest.mark.parametrize("flags", [("--train-samples", "6000"), ("--distill-weight", "0")])
@@ -57,8 +64,7 @@ def test_other_data_or_loss_keeps_nothing(flags):
 
 def test_runs_saved_before_recipes_are_matched_through_the_file_settings():
     # quality_learn2_finetune2.json: no run records a recipe; MorphNet learned 2 of 4 epochs.
-    assert kept("quality_learn2_finetune2.json", "--morphnet-learn-epochs", "2") == saved(
-        "quality_learn2_finetune2.json"
-    )
-    runs = kept("quality_learn2_finetune2.json")  # MorphNet's 3 + 1 now
+    learn2 = ("--morphnet-learn-epochs", "2", *TRAIN_12K)
+    assert kept("quality_learn2_finetune2.json", *learn2) == saved("quality_learn2_finetune2.json")
+    runs = kept("quality_learn2_finetune2.json", *TRAIN_12K)  # MorphNet's 3 + 1 now
     assert runs["morphnet"] == runs["scratch-learned"] == 0 and runs["uniform"] == 40
