@@ -18,7 +18,7 @@ entropy mixed with distillation from the seed (``--distill-weight``, 0.5). The f
 structure test (``scratch-learned`` against ``scratch-uniform``, labels only, no teacher) runs
 at ``--scratch-targets``.
 
-    python bench/bench_quality.py            # the full benchmark (about 95 minutes: README)
+    python bench/bench_quality.py            # the full benchmark (about 82 minutes: README)
     python bench/bench_quality.py --quick --out /tmp/quick.json   # under 10 minutes
 
 Needs the full Fashion-MNIST (Debian's dataset-fashion-mnist) and the bench-only packages
