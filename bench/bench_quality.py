@@ -13,7 +13,8 @@ ONNX file by morphcli's cost model. The table gives mean and standard deviation 
 the paired difference to MorphNet with its 95% t interval. Every run is saved to
 ``bench/results/quality.json`` as it finishes; a later invocation keeps the saved runs it would
 repeat (the same data and optimizer settings and the same ``quality_methods.recipe``) and runs
-the rest (``--fresh`` reruns everything). Every method fine-tunes with the same loss: cross
+the rest (``--rerun morphnet`` reruns MorphNet's runs after a change to its code, ``--fresh``
+every run). Every method fine-tunes with the same loss: cross
 entropy mixed with distillation from the seed (``--distill-weight``, 0.5). The from-scratch
 structure test (``scratch-learned`` against ``scratch-uniform``, labels only, no teacher) runs
 at ``--scratch-targets``.
@@ -195,6 +196,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="2 models, 25%%, 2+1 seeds, 6k")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument(
+        "--rerun", default="", help="methods whose saved runs are made again (after a change "
+        "to their code; scratch-learned follows morphnet), the others kept as without it"
+    )  # fmt: skip
+    parser.add_argument(
         "--fresh", action="store_true", help="rerun every run (default: keep the runs --out "
         "already holds with the same training settings, and run the rest)"
     )  # fmt: skip
@@ -204,6 +209,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.train_samples, args.learn_epochs, args.finetune_epochs = 6_000, 1, 1
         args.morphnet_learn_epochs = 1
         args.scratch_epochs = 2
+    unknown = set(filter(None, args.rerun.split(","))) - {*METHODS, *SCRATCH}
+    if unknown:
+        parser.error(f"--rerun: unknown methods {', '.join(sorted(unknown))}")
     if not 1 <= args.morphnet_learn_epochs < args.learn_epochs + args.finetune_epochs:
         parser.error("--morphnet-learn-epochs must leave at least one epoch of fine-tuning")
     return args
@@ -303,9 +311,11 @@ def _kept_runs(out: Path, args: argparse.Namespace) -> list[dict]:
             made = recipe(run["method"], argparse.Namespace(**{**legacy, **own}))
         return made == recipe(run["method"], args)
 
+    rerun = set(args.rerun.split(","))
     runs = [
         r for r in doc.get("runs", [])
         if (r.get("accuracy") is not None or r["method"] == "onnxsim") and same(r)
+        and r["method"] not in rerun
     ]  # fmt: skip
     learned = {(r["model"], r["target"], r["seed"]) for r in runs if r["method"] == "morphnet"}
     return [

@@ -42,6 +42,15 @@ def test_another_width_floor_reruns_morphnet_and_its_scratch_test_only():
         assert runs[method] == saved("quality.json")[method], method
 
 
+def test_rerun_makes_the_named_methods_again_and_keeps_the_others():
+    runs = kept("quality.json", "--rerun", "morphnet")
+    assert runs["morphnet"] == runs["scratch-learned"] == 0  # its scratch test follows it
+    for method in ("uniform", "torch-pruning", "onnxsim", "scratch-uniform"):
+        assert runs[method] == saved("quality.json")[method], method
+    with pytest.raises(SystemExit):
+        bench_quality.parse_args(["--rerun", "morphnet,magic"])
+
+
 def test_another_split_of_the_same_epochs_keeps_the_methods_it_does_not_change():
     # Torch-Pruning's 3 + 1 split: still 4 epochs for uniform and onnxsim, and MorphNet's own
     # split is unchanged; Torch-Pruning's 2 + 2 runs are not this invocation's.

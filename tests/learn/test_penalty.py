@@ -267,3 +267,24 @@ def test_channels_left_out_are_neither_penalised_nor_shrunk(hand, mode):
         strongest = torch.topk(old, keep).indices
         assert int((new > 0).sum()) == keep, gid
         torch.testing.assert_close(new[strongest], old[strongest], rtol=1e-12, atol=0.0)
+
+
+def test_revive_gives_dead_channels_their_start_entries_back(hand):
+    """Channels outside ``keep`` get their sources' entries from ``start`` (BN1's and BN2's
+    scales for the residual group, conv4's filter and bias for group B); everything else,
+    the shifts (BN betas) among it, stays as trained."""
+    cg, cm, params, weights = hand
+    penalty = MorphNetPenalty.over(cg, cm, params.__getitem__, "flops", "auto")
+    keep = penalty.alive_masks()
+    a, b = _group_of(cg, "t1"), _group_of(cg, "e")
+    assert np.flatnonzero(~keep[a]).tolist() == [2] and np.flatnonzero(~keep[b]).tolist() == [3]
+    want = {k: v.astype(np.float64) for k, v in weights.items()}
+    start = {k: torch.tensor(v + 10.0) for k, v in want.items()}
+    penalty.revive(keep, start.__getitem__)
+    for name in ("g1", "g2"):
+        want[name][2] += 10.0
+    want["W4"][3] += 10.0
+    want["B4"][3] += 10.0
+    for name, value in params.items():
+        np.testing.assert_array_equal(value.detach().numpy(), want[name], err_msg=name)
+    assert penalty.alive_masks()[a].all() and penalty.alive_masks()[b].all()

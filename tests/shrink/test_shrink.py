@@ -88,6 +88,38 @@ def test_shrink_learns_below_the_target_then_expands_to_it(cli, fashion, tmp_pat
     assert logits.shape == (1, 10) and np.isfinite(logits).all()
 
 
+def _bn_scales(path) -> dict[str, np.ndarray]:
+    proto = onnx.load(path)
+    values = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    return {
+        n.name: values[n.input[1]] for n in proto.graph.node if n.op_type == "BatchNormalization"
+    }
+
+
+def test_the_expansion_revives_dead_channels_with_their_scale_from_before_learning(
+    cli, fashion, tmp_path
+):
+    """Learning zeroes the scales of the channels it kills; the expansion brings some back
+    (learning aims under the target) with the scale they had in the input, not as
+    constants. Without fine-tuning the written model is the expanded one."""
+    out = tmp_path / "slim.onnx"
+    result = _shrink(
+        cli, TRAINED, out, "50%", fashion["labelled"], "--steps", "100", "--json",
+        "--finetune-epochs", "0",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    shrunk, expanded = report["steps"][1]["widths"], report["steps"][2]["widths"]
+    before = report["steps"][0]["widths"]
+    assert any(shrunk[k] < expanded[k] <= before[k] for k in shrunk)  # dead channels came back
+    start, written = _bn_scales(TRAINED), _bn_scales(out)
+    revived = 0
+    for node, scales in written.items():
+        assert np.all(np.abs(scales) > 1e-2), (node, scales)  # no channel is a constant
+        revived += int(np.isin(scales, start[node]).sum())  # untouched since the input
+    assert revived > 0
+
+
 def test_a_fixed_lambda_stays_fixed_and_a_learning_that_removed_nothing_warns(
     cli, fashion, tmp_path
 ):

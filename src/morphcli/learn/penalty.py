@@ -48,6 +48,10 @@ A penalty built with ``least`` leaves each group's ``least[g]`` strongest channe
 are neither penalised nor shrunk, so learning cannot cut the group below that width, and the
 channels it will keep carry on as trained instead of being pulled toward zero with the rest
 (``morphnet shrink --width-floor``).
+
+``revive(keep, start)`` gives the channels outside ``keep`` back the entries their sources
+had at ``start``: the dead channels that ``morphnet shrink``'s expansion brings back return
+as the features they were before learning zeroed them, not as constants.
 """
 
 from __future__ import annotations
@@ -107,6 +111,15 @@ class Source:
         index = torch.as_tensor(self.positions.reshape(-1), device=value.device)
         per_entry = factor.repeat_interleave(self.positions.shape[1]).to(value.dtype)
         rows[index] = rows[index] * per_entry.view((-1,) + (1,) * (rows.dim() - 1))
+
+    def assign(
+        self, value: torch.Tensor, source: torch.Tensor, axis: int, which: np.ndarray
+    ) -> None:
+        """Copy, in place, the entries of the classes ``which`` (a mask over the group) along
+        ``axis`` of ``value`` (one of ``parts``) from ``source``, a tensor shaped like it."""
+        rows = value.detach().movedim(axis, 0)
+        index = torch.as_tensor(self.positions[which].reshape(-1), device=value.device)
+        rows[index] = source.movedim(axis, 0)[index.cpu()].to(rows.device, rows.dtype)
 
     def alive(self, p: np.ndarray) -> np.ndarray:
         if self.kind == "gamma":
@@ -381,6 +394,21 @@ class MorphNetPenalty:
                         for key in ("momentum_buffer", "exp_avg"):
                             if state.get(key) is not None:
                                 source.scale(state[key], axis, (factor > 0).to(state[key].dtype))
+
+    def revive(self, keep: list[np.ndarray], start: Callable[[str], torch.Tensor]) -> None:
+        """Give every channel outside ``keep`` (per group, in ``group.classes`` order) back
+        the entries its sources had in ``start`` (``start(name)``: a constant as the round
+        began), in place: its scale in "gamma" mode (its shift stays as learned), its filter
+        and bias in "group lasso" mode. The other entries, and the groups without a source,
+        are left as they are."""
+        with torch.no_grad():
+            for sources, kept in zip(self.sources, keep, strict=True):
+                dead = ~np.asarray(kept, dtype=bool)
+                if not sources or not dead.any():
+                    continue
+                for source in sources:
+                    for const, axis in source.parts:
+                        source.assign(self._tensor(const), start(const), axis, dead)
 
 
 def _split_like(flat: np.ndarray, nested: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
