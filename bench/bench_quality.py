@@ -14,10 +14,9 @@ the paired difference to MorphNet with its 95% t interval. Every run is saved to
 ``bench/results/quality.json`` as it finishes; a later invocation keeps the saved runs it would
 repeat (the same data and optimizer settings and the same ``quality_methods.recipe``) and runs
 the rest (``--rerun morphnet`` reruns MorphNet's runs after a change to its code, ``--fresh``
-every run). Every method fine-tunes with the same loss: cross
-entropy mixed with distillation from the seed (``--distill-weight``, 0.5). The from-scratch
-structure test (``scratch-learned`` against ``scratch-uniform``, labels only, no teacher) runs
-at ``--scratch-targets``.
+every run). Every method fine-tunes with the same loss: cross entropy mixed with distillation
+from the seed (``--distill-weight``, 0.5). The from-scratch structure test (``scratch-learned``
+against ``scratch-uniform``, labels only, no teacher) runs at ``--scratch-targets``.
 
     python bench/bench_quality.py            # the full benchmark (about 82 minutes: README)
     python bench/bench_quality.py --quick --out /tmp/quick.json   # under 10 minutes

@@ -183,7 +183,7 @@ def learn_round(run: Run, state: ShrinkState) -> ShrinkState:
 
     alive = penalty.alive_masks()
     masks = keep_strongest(alive, penalty.vectors(), np.maximum(floors, LEAST_WIDTH))
-    penalty.revive(alive, constants(initial))
+    penalty.revive(alive, _constants(initial))
     report["lambda"].append(
         {"round": state.round, "initial": strength.initial, "final": strength.value}
     )
@@ -266,7 +266,7 @@ def keep_strongest(
     return kept
 
 
-def constants(analysed: Analysed) -> Callable[[str], torch.Tensor]:
+def _constants(analysed: Analysed) -> Callable[[str], torch.Tensor]:
     """The constants of ``analysed``'s graph by name, as tensors."""
     tensors = analysed.model.graph.tensors()
     return lambda name: torch.tensor(np.asarray(tensors[name].values))
